@@ -1,0 +1,117 @@
+"""The ``alframe`` command line.
+
+User errors (:class:`alframe.errors.AlframeError`) print one line on stderr and exit with code 2;
+``--debug`` shows the traceback instead. Everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything can import huggingface_hub (via timm/smp) or albumentations: stay offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from alframe import __version__
+from alframe.errors import AlframeError
+
+EXIT_USER_ERROR = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with exit code 2 (argparse's own code)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"alframe: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", "-r", required=True, help="recipe YAML file (see recipes/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set train.max_epochs=5 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    from alframe.cli import commands
+
+    parser = _Parser(
+        prog="alframe",
+        description=(
+            "Annotation-efficient medical image segmentation: what to annotate next, how to get "
+            "more from each label, which model to trust on a new site."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"alframe {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a segmentation model from a recipe and evaluate it")
+    _add_recipe_args(train)
+    train.add_argument("--out", help="run folder (default: the recipe's output_dir)")
+    train.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    train.set_defaults(handler=commands.cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="per-image and mean Dice/IoU of a checkpoint")
+    evaluate.add_argument("--checkpoint", "-c", required=True, help="checkpoint from alframe train")
+    evaluate.add_argument(
+        "--data",
+        "-d",
+        required=True,
+        help="folder with images/ and masks/, or an evaluation set name of the checkpoint's "
+        "recipe, or 'all'",
+    )
+    evaluate.add_argument("--out", help="per-image CSV file (one set) or folder (several)")
+    evaluate.set_defaults(handler=commands.cmd_evaluate)
+
+    demo = sub.add_parser(
+        "demo", help="a few-minute offline demo (synthetic data; real data if ALFRAME_DATA is set)"
+    )
+    demo.add_argument(
+        "--data",
+        choices=["auto", "synthetic", "real"],
+        default="auto",
+        help="auto: real chest X-rays when ALFRAME_DATA points at them, else synthetic",
+    )
+    demo.add_argument("--out", default="alframe_demo", help="work folder (default: ./alframe_demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count")
+    demo.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    demo.set_defaults(handler=commands.cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``alframe`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return handler(args)
+    except AlframeError as err:
+        if args.debug:
+            raise
+        print(f"alframe: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("alframe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

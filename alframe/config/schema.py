@@ -1,0 +1,258 @@
+"""Recipe schema: one YAML file describes data, model, training and tracking.
+
+Every model forbids unknown keys so that a typo in a recipe is an error naming the key, not a
+silently ignored setting. Paths inside ``data`` are relative to ``data.root``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NormalizationConfig(_Strict):
+    """Intensity normalisation applied per image before augmentation-independent steps.
+
+    ``minmax`` maps [min, max] to [0, 1]; ``percentile`` clips to the [low, high] percentiles and
+    maps them to [0, 1] (robust to burnt-in labels and scanner borders); ``zscore`` subtracts the
+    mean and divides by the standard deviation; ``none`` only divides 8-bit images by 255.
+    """
+
+    method: Literal["minmax", "percentile", "zscore", "none"] = "percentile"
+    low: float = Field(0.5, ge=0.0, le=100.0, description="lower percentile (percentile method)")
+    high: float = Field(99.5, ge=0.0, le=100.0, description="upper percentile (percentile method)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NormalizationConfig:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        return self
+
+
+class DatasetConfig(_Strict):
+    """One source of images (and masks), e.g. one hospital or one public data set.
+
+    ``folder``: ``<path>/<images>/`` and ``<path>/<masks>/`` with matching file stems (PNG, JPEG,
+    TIFF). ``nifti``: ``<path>/<images>/*.nii[.gz]`` volumes read as 2-D slices along ``axis``;
+    masks are volumes with the same file name.
+    """
+
+    kind: Literal["folder", "nifti"] = "folder"
+    path: str = Field(..., description="folder of this data set, relative to data.root")
+    images: str = "images"
+    masks: str | None = Field("masks", description="mask sub-folder; null for unlabelled data")
+    mask_format: Literal["binary", "semantic", "instance"] = Field(
+        "binary",
+        description=(
+            "binary: {0,1} or {0,255}; semantic: integer values listed in data.classes; "
+            "instance: integer instance ids, converted to foreground/background"
+        ),
+    )
+    axis: int = Field(2, ge=0, le=2, description="slice axis for NIfTI volumes")
+    split: SplitConfig | None = Field(None, description="how to split this data set")
+
+
+class SplitConfig(_Strict):
+    """How one data set is split into named parts (``train``, ``test``, ...).
+
+    ``random``: seeded shuffle into ``fractions``; ``grouped``: the same, but all items of a group
+    (e.g. the slices of one volume, or ids sharing ``group_pattern``) stay together; ``csv``: read
+    from a file such as ``cxr_lungs/splits.csv`` with an id and a split column.
+    """
+
+    kind: Literal["random", "grouped", "csv"] = "random"
+    fractions: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "test": 0.2})
+    seed: int | None = Field(None, description="defaults to the recipe seed")
+    group_pattern: str | None = Field(
+        None, description="regex; its first group (or whole match) of an item id is the group"
+    )
+    csv: str | None = Field(None, description="CSV file relative to data.root (kind: csv)")
+    id_column: str = "id"
+    split_column: str = "source_split"
+    filter: dict[str, str] = Field(
+        default_factory=dict, description="keep CSV rows whose columns equal these values"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.kind == "csv" and not self.csv:
+            raise ValueError("kind 'csv' needs 'csv: <file relative to data.root>'")
+        if self.kind != "csv":
+            if not self.fractions:
+                raise ValueError(
+                    "fractions must name at least one part, e.g. {train: 0.8, test: 0.2}"
+                )
+            if any(v <= 0 for v in self.fractions.values()):
+                raise ValueError(f"fractions must be positive, got {self.fractions}")
+            total = sum(self.fractions.values())
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(f"fractions must sum to 1, they sum to {total:g}")
+        return self
+
+
+DatasetConfig.model_rebuild()
+
+
+class SubsetRef(_Strict):
+    """A named data set, optionally restricted to one part of its split (``null`` = all items)."""
+
+    dataset: str
+    split: str | None = None
+
+
+class DataConfig(_Strict):
+    """Where the data lives and how every image is turned into a tensor."""
+
+    root: str = Field(".", description="base folder; ${ALFRAME_DATA} and ~ are expanded")
+    datasets: dict[str, DatasetConfig]
+    classes: dict[str, int] = Field(
+        default_factory=lambda: {"background": 0, "foreground": 1},
+        description="class name -> mask value, background first",
+    )
+    image_size: tuple[int, int] = Field((256, 256), description="(height, width) after resizing")
+    in_channels: Literal[1, 3] = Field(1, description="images are converted to this many channels")
+    normalization: NormalizationConfig = NormalizationConfig()
+    train: SubsetRef = Field(
+        ..., description="labelled training data (or the active-learning pool)"
+    )
+    val: SubsetRef | None = Field(
+        None, description="validation data; default: val_fraction of train"
+    )
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    evaluate: dict[str, SubsetRef] = Field(
+        default_factory=dict, description="named evaluation sets, e.g. {shenzhen_test: ...}"
+    )
+    source: SubsetRef | None = Field(None, description="unlabelled source-domain images (MAE)")
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: dict[str, int]) -> dict[str, int]:
+        if len(v) < 2:
+            raise ValueError("at least two classes are needed, e.g. {background: 0, lung: 255}")
+        values = list(v.values())
+        if len(set(values)) != len(values):
+            raise ValueError(f"class values must be distinct, got {v}")
+        if any(x < 0 for x in values):
+            raise ValueError(f"class values must be >= 0, got {v}")
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 32 or v[0] % 32 or v[1] % 32:
+            raise ValueError(
+                f"image_size must be multiples of 32 and >= 32 (U-Net strides), got {v}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _refs(self) -> DataConfig:
+        refs: list[tuple[str, SubsetRef | None]] = [
+            ("train", self.train),
+            ("val", self.val),
+            ("source", self.source),
+        ]
+        refs += [(f"evaluate.{k}", r) for k, r in self.evaluate.items()]
+        for key, ref in refs:
+            if ref is not None and ref.dataset not in self.datasets:
+                raise ValueError(
+                    f"{key}.dataset '{ref.dataset}' is not one of data.datasets "
+                    f"({', '.join(sorted(self.datasets))})"
+                )
+        return self
+
+
+class AugmentStep(BaseModel):
+    """One albumentations transform by class name with its keyword arguments."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+
+def _default_train_augment() -> list[AugmentStep]:
+    return [
+        AugmentStep(name="HorizontalFlip", p=0.5),  # type: ignore[call-arg]
+        AugmentStep(  # type: ignore[call-arg]
+            name="Affine",
+            scale=[0.9, 1.1],
+            translate_percent=[-0.05, 0.05],
+            rotate=[-10, 10],
+            p=0.5,
+        ),
+        AugmentStep(name="RandomBrightnessContrast", p=0.5),  # type: ignore[call-arg]
+    ]
+
+
+class AugmentConfig(_Strict):
+    """Albumentations pipelines; resizing and normalisation are added by alframe itself."""
+
+    train: list[AugmentStep] = Field(default_factory=_default_train_augment)
+    eval: list[AugmentStep] = Field(default_factory=list)
+
+
+class ModelConfig(_Strict):
+    """Any segmentation_models_pytorch architecture with any smp or timm (``tu-...``) encoder."""
+
+    arch: str = Field(
+        "Unet", description="smp architecture, e.g. Unet, UnetPlusPlus, FPN, DeepLabV3Plus"
+    )
+    encoder: str = Field("resnet18", description="smp encoder name or 'tu-<timm name>'")
+    encoder_depth: int = Field(5, ge=3, le=5)
+    encoder_weights: str | None = Field(
+        None,
+        description="local weights file for the encoder (.pth/.pt/.safetensors); null = random",
+    )
+    weights: str | None = Field(None, description="local weights file for the whole model")
+    extra: dict[str, Any] = Field(default_factory=dict, description="extra smp constructor kwargs")
+
+
+class TrainConfig(_Strict):
+    """Optimisation, stopping and hardware settings (Lightning)."""
+
+    max_epochs: int = Field(40, ge=1)
+    max_steps: int = Field(-1, description="-1: no limit")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+    dice_weight: float = Field(1.0, ge=0)
+    ce_weight: float = Field(1.0, ge=0)
+    early_stopping_patience: int = Field(10, ge=0, description="0 disables early stopping")
+    num_workers: int = Field(0, ge=0)
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: str = "32-true"
+    deterministic: bool = True
+    progress: bool = True
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking. ``uri`` null: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str | None = Field(None, description="defaults to the recipe name")
+
+
+class Recipe(_Strict):
+    """A whole alframe recipe."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = 0
+    data: DataConfig
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: str = Field("runs/{name}", description="'{name}' is replaced by the recipe name")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.classes)
