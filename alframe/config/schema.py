@@ -241,6 +241,49 @@ class TrackingConfig(_Strict):
     experiment: str | None = Field(None, description="defaults to the recipe name")
 
 
+class MAEConfig(_Strict):
+    """Convolutional masked autoencoder trained on unlabelled source images (methods/xssr.md).
+
+    The learning rate follows the MAE convention ``base_lr * batch_size / 256``.
+    """
+
+    encoder: str = Field("resnet18", description="smp encoder name or 'tu-<timm name>'")
+    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)
+    patch_size: int = Field(16, ge=2, description="side of the square masked patches, pixels")
+    norm_pix_loss: bool = Field(False, description="per-patch normalised reconstruction targets")
+    max_epochs: int = Field(100, ge=1)
+    batch_size: int = Field(16, ge=1)
+    base_lr: float = Field(1.5e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    min_crop_scale: float = Field(0.6, gt=0.0, le=1.0, description="random resized crop scale")
+
+
+class EmbedConfig(_Strict):
+    """Where embeddings come from and where they are cached.
+
+    ``mae``: the encoder of the MAE trained by ``alframe embed train-mae`` (``weights`` = its
+    checkpoint; default ``<output_dir>/mae/mae.ckpt``); ``timm``: any timm backbone by name, random
+    init or a local ``weights`` file; ``segmentation``: the encoder of an alframe segmentation
+    checkpoint (``weights``).
+    """
+
+    backbone: Literal["mae", "timm", "segmentation"] = "mae"
+    encoder: str = Field("resnet18", description="timm model name (backbone: timm)")
+    weights: str | None = None
+    concat_penultimate: bool = Field(False, description="also pool the penultimate stage")
+    batch_size: int = Field(32, ge=1)
+    cache_dir: str | None = Field(None, description="default: <output_dir>/embeddings")
+    mae: MAEConfig = MAEConfig()
+
+
+class SelectConfig(_Strict):
+    """The query strategy and its parameters (see ``alframe.strategies.names()``)."""
+
+    strategy: str = "xssr"
+    params: dict[str, Any] = Field(default_factory=dict)
+    budget: int | None = Field(None, ge=1, description="default budget for `alframe select`")
+
+
 class Recipe(_Strict):
     """A whole alframe recipe."""
 
@@ -251,8 +294,15 @@ class Recipe(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
+    embed: EmbedConfig = EmbedConfig()
+    select: SelectConfig = SelectConfig()
     output_dir: str = Field("runs/{name}", description="'{name}' is replaced by the recipe name")
 
     @property
     def num_classes(self) -> int:
         return len(self.data.classes)
+
+    @property
+    def run_dir(self) -> str:
+        """``output_dir`` with ``{name}`` filled in (relative to the working directory)."""
+        return self.output_dir.replace("{name}", self.name)
