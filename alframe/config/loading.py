@@ -53,9 +53,9 @@ def _schema_keys(model: type[BaseModel]) -> list[str]:
 def _nested_model(annotation: Any) -> tuple[bool, type[BaseModel] | None]:
     """(is a free-form mapping, model of the values or of the field itself) for an annotation."""
     origin = getattr(annotation, "__origin__", None)
-    args = getattr(annotation, "__args__", ())
+    args: tuple[Any, ...] = tuple(getattr(annotation, "__args__", ()))
     if origin is dict:
-        value = args[1] if len(args) == 2 else None
+        value = args[-1] if args else None
         is_model = isinstance(value, type) and issubclass(value, BaseModel)
         return True, value if is_model else None
     for cand in args or (annotation,):

@@ -176,15 +176,15 @@ class AugmentStep(BaseModel):
 
 def _default_train_augment() -> list[AugmentStep]:
     return [
-        AugmentStep(name="HorizontalFlip", p=0.5),  # type: ignore[call-arg]
-        AugmentStep(  # type: ignore[call-arg]
+        AugmentStep(name="HorizontalFlip", p=0.5),
+        AugmentStep(
             name="Affine",
             scale=[0.9, 1.1],
             translate_percent=[-0.05, 0.05],
             rotate=[-10, 10],
             p=0.5,
         ),
-        AugmentStep(name="RandomBrightnessContrast", p=0.5),  # type: ignore[call-arg]
+        AugmentStep(name="RandomBrightnessContrast", p=0.5),
     ]
 
 
