@@ -1,0 +1,253 @@
+"""On-disk embedding cache keyed by (weights hash, ordered data ids, preprocessing signature).
+
+One entry is two files named by the key's digest: ``<digest>.npy`` (the (N, D) float32 array)
+and ``<digest>.json`` (the key, the ids, the shape and a sha256 of the array bytes). The array is
+written first and the sidecar last, each atomically (temp file + ``os.replace``), so the sidecar
+is the commit marker: no sidecar = no entry (a crash between the two writes leaves a harmless
+orphan array that the next ``put`` overwrites). An entry whose sidecar disagrees with the
+requested key or with its array is *refused* with :class:`StateError` — never silently used.
+
+Only NumPy and the standard library are imported, so strategies can read caches cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alframe.errors import StateError
+
+CACHE_FORMAT = "alframe.embeddings/1"
+
+
+def ids_hash(ids: Sequence[str]) -> str:
+    """sha256 of an ordered list of ids (order matters: row i belongs to id i)."""
+    payload = json.dumps([str(i) for i in ids], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON text (sorted keys, no spaces, tuples as lists)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def preprocessing_signature(
+    image_size: Sequence[int],
+    in_channels: int,
+    normalization: Mapping[str, Any],
+    concat_penultimate: bool,
+    backbone: str,
+    **extra: Any,
+) -> str:
+    """Canonical JSON of everything besides weights and ids that changes the embeddings.
+
+    Args:
+        image_size: (height, width) the images are resized to.
+        in_channels: image channels.
+        normalization: ``data.normalization`` as a dict.
+        concat_penultimate: whether the penultimate stage is pooled too.
+        backbone: ``mae`` / ``timm`` / ``segmentation`` / ...
+        **extra: more JSON-able settings (e.g. eval augmentation steps, pooling version).
+
+    Returns:
+        A string usable as :attr:`EmbeddingKey.preprocessing`.
+    """
+    return canonical_json(
+        {
+            "image_size": [int(v) for v in image_size],
+            "in_channels": int(in_channels),
+            "normalization": dict(normalization),
+            "concat_penultimate": bool(concat_penultimate),
+            "backbone": str(backbone),
+            **extra,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class EmbeddingKey:
+    """What an embedding array depends on.
+
+    Attributes:
+        weights_hash: sha256 of the encoder's state dict.
+        ids_hash: :func:`ids_hash` of the ordered item ids.
+        preprocessing: :func:`preprocessing_signature` text.
+    """
+
+    weights_hash: str
+    ids_hash: str
+    preprocessing: str
+
+    @classmethod
+    def create(cls, weights_hash: str, ids: Sequence[str], preprocessing: str) -> EmbeddingKey:
+        """Key for ``ids`` (hashed in order)."""
+        return cls(weights_hash, ids_hash(ids), preprocessing)
+
+    def as_dict(self) -> dict[str, str]:
+        """The three fields as a dict (stored in the sidecar)."""
+        return {
+            "weights_hash": self.weights_hash,
+            "ids_hash": self.ids_hash,
+            "preprocessing": self.preprocessing,
+        }
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the whole key; names the entry's files."""
+        return hashlib.sha256(canonical_json(self.as_dict()).encode("utf-8")).hexdigest()
+
+
+def _array_sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _replace_atomically(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class EmbeddingCache:
+    """A folder of cached embedding arrays.
+
+    Args:
+        folder: where entries live (created on the first ``put``).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+
+    def array_path(self, key: EmbeddingKey) -> Path:
+        """``<folder>/<digest>.npy``."""
+        return self.folder / f"{key.digest[:40]}.npy"
+
+    def sidecar_path(self, key: EmbeddingKey) -> Path:
+        """``<folder>/<digest>.json``."""
+        return self.folder / f"{key.digest[:40]}.json"
+
+    def _stale(self, key: EmbeddingKey, why: str) -> StateError:
+        return StateError(
+            f"embedding cache entry {self.array_path(key)} is stale or corrupt ({why}); delete "
+            f"{self.array_path(key)} and {self.sidecar_path(key)} or recompute the embeddings "
+            "(embed_pool(..., recompute=True) / `alframe embed --recompute`)"
+        )
+
+    def get_entry(self, key: EmbeddingKey) -> tuple[np.ndarray, list[str]] | None:
+        """The stored ``(array (N, D) float32, ids)`` for ``key``, or None when absent.
+
+        Raises:
+            StateError: the entry exists but its sidecar is unreadable, records another key,
+                records ids that do not hash to ``key.ids_hash``, or disagrees with the array
+                (missing, unreadable, other shape / dtype / checksum).
+        """
+        sidecar = self.sidecar_path(key)
+        if not sidecar.is_file():
+            return None
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise self._stale(key, f"unreadable sidecar: {err}") from None
+        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+            raise self._stale(key, "the sidecar is not an alframe embedding-cache record")
+        if meta.get("key") != key.as_dict():
+            raise self._stale(key, "it was computed for another key")
+        ids = meta.get("ids")
+        if not isinstance(ids, list) or ids_hash(ids) != key.ids_hash:
+            raise self._stale(key, "its recorded ids are not the requested ones")
+        path = self.array_path(key)
+        if not path.is_file():
+            raise self._stale(key, "the array file is missing")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise self._stale(key, f"unreadable array: {err}") from None
+        expected_shape = meta.get("shape")
+        if not isinstance(array, np.ndarray) or list(array.shape) != expected_shape:
+            raise self._stale(
+                key,
+                f"array shape {getattr(array, 'shape', None)} but sidecar says {expected_shape}",
+            )
+        if array.ndim != 2 or array.shape[0] != len(ids) or array.dtype != np.float32:
+            raise self._stale(
+                key, f"array {array.shape} {array.dtype} does not hold {len(ids)} float32 rows"
+            )
+        if _array_sha256(array) != meta.get("sha256"):
+            raise self._stale(key, "the array's checksum does not match its sidecar")
+        return array, [str(i) for i in ids]
+
+    def get(self, key: EmbeddingKey) -> np.ndarray | None:
+        """The stored (N, D) float32 array for ``key``, or None on a miss.
+
+        Raises:
+            StateError: see :meth:`get_entry`.
+        """
+        entry = self.get_entry(key)
+        return None if entry is None else entry[0]
+
+    def put(
+        self,
+        key: EmbeddingKey,
+        ids: Sequence[str],
+        array: np.ndarray,
+        info: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Store ``array`` (row i = ``ids[i]``) under ``key``, replacing any previous entry.
+
+        Args:
+            key: the entry's key; ``key.ids_hash`` must be the hash of ``ids``.
+            ids: item ids in row order, N.
+            array: (N, D) embeddings (stored as float32).
+            info: extra JSON-able facts for humans (encoder name, source file, ...).
+
+        Returns:
+            The array file's path.
+
+        Raises:
+            ValueError: ``ids`` do not match the key or the array.
+        """
+        ids = [str(i) for i in ids]
+        if ids_hash(ids) != key.ids_hash:
+            raise ValueError("ids do not hash to key.ids_hash; build the key from these ids")
+        data = np.ascontiguousarray(array, dtype=np.float32)
+        if data.ndim != 2 or data.shape[0] != len(ids):
+            raise ValueError(f"array must be (N={len(ids)}, D), got {tuple(data.shape)}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": CACHE_FORMAT,
+            "key": key.as_dict(),
+            "shape": list(data.shape),
+            "dtype": "float32",
+            "sha256": _array_sha256(data),
+            "info": dict(info or {}),
+            "ids": ids,
+        }
+        path = self.array_path(key)
+        # Invalidate first: if the array write fails after an old sidecar survived, the old
+        # sidecar's checksum would refuse the new array anyway, but a missing sidecar is clearer.
+        self.sidecar_path(key).unlink(missing_ok=True)
+        _replace_atomically(path, lambda handle: np.save(handle, data, allow_pickle=False))
+        text = (canonical_json(meta) + "\n").encode("utf-8")
+        _replace_atomically(self.sidecar_path(key), lambda handle: handle.write(text))
+        return path
+
+    def delete(self, key: EmbeddingKey) -> bool:
+        """Remove an entry's files; returns whether anything was removed."""
+        removed = False
+        for path in (self.sidecar_path(key), self.array_path(key)):
+            if path.exists():
+                path.unlink()
+                removed = True
+        return removed

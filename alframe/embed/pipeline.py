@@ -1,0 +1,234 @@
+"""Recipe-level embedding: build the encoder of ``recipe.embed``, embed the pool or the source
+set with eval transforms, and cache the result keyed by the encoder's weights hash."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from alframe.config.loading import expand_path
+from alframe.config.schema import Recipe
+from alframe.embed.cache import EmbeddingCache, EmbeddingKey, preprocessing_signature
+from alframe.embed.extract import (
+    EMBEDDING_VERSION,
+    Embedder,
+    encoder_from_mae,
+    encoder_from_segmentation,
+    encoder_from_timm,
+    extract_embeddings_and_ids,
+)
+from alframe.errors import ConfigError, ModelError, StateError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddingResult:
+    """Embeddings of one set of items.
+
+    Attributes:
+        ids: item ids, row order.
+        embeddings: (N, D) float32, unit rows.
+        weights_hash: sha256 of the encoder's state dict.
+        cache_path: the cache entry's array file.
+        from_cache: whether the array was read from the cache.
+    """
+
+    ids: list[str]
+    embeddings: np.ndarray
+    weights_hash: str
+    cache_path: Path
+    from_cache: bool
+
+
+def mae_checkpoint_path(recipe: Recipe) -> Path:
+    """``embed.weights`` when set, else ``<run_dir>/mae/mae.ckpt``."""
+    if recipe.embed.weights:
+        return expand_path(recipe.embed.weights)
+    return Path(recipe.run_dir) / "mae" / "mae.ckpt"
+
+
+def build_embedder(recipe: Recipe) -> Embedder:
+    """The encoder ``recipe.embed`` describes.
+
+    Raises:
+        ModelError: the MAE checkpoint / weights file is missing or does not fit, or the encoder
+            expects another number of channels than ``data.in_channels``.
+        ConfigError: ``backbone: segmentation`` without ``embed.weights``.
+    """
+    cfg = recipe.embed
+    if cfg.backbone == "mae":
+        path = mae_checkpoint_path(recipe)
+        if not path.exists():
+            raise ModelError(
+                f"no MAE checkpoint at {path}: run `alframe embed train-mae --recipe R` first "
+                "or set embed.weights"
+            )
+        embedder = encoder_from_mae(path)
+    elif cfg.backbone == "timm":
+        weights = expand_path(cfg.weights) if cfg.weights else None
+        embedder = encoder_from_timm(cfg.encoder, recipe.data.in_channels, weights, recipe.seed)
+    elif cfg.backbone == "segmentation":
+        if not cfg.weights:
+            raise ConfigError(
+                "embed.backbone is 'segmentation' but embed.weights is not set; set it to a "
+                "checkpoint written by `alframe train`"
+            )
+        embedder = encoder_from_segmentation(expand_path(cfg.weights))
+    else:  # pragma: no cover - the schema only allows the three kinds
+        raise ConfigError(f"embed.backbone = {cfg.backbone!r}: expected mae, timm or segmentation")
+    if embedder.in_channels != recipe.data.in_channels:
+        raise ModelError(
+            f"the {embedder.kind} encoder ({embedder.source or embedder.name}) takes "
+            f"{embedder.in_channels}-channel images but data.in_channels is "
+            f"{recipe.data.in_channels}; use matching settings"
+        )
+    return embedder
+
+
+def cache_dir(recipe: Recipe) -> Path:
+    """``embed.cache_dir`` or ``<run_dir>/embeddings``."""
+    if recipe.embed.cache_dir:
+        return expand_path(recipe.embed.cache_dir)
+    return Path(recipe.run_dir) / "embeddings"
+
+
+def recipe_preprocessing(recipe: Recipe, backbone: str) -> str:
+    """The preprocessing signature of a recipe's eval pipeline (part of the cache key)."""
+    return preprocessing_signature(
+        image_size=recipe.data.image_size,
+        in_channels=recipe.data.in_channels,
+        normalization=recipe.data.normalization.model_dump(),
+        concat_penultimate=recipe.embed.concat_penultimate,
+        backbone=backbone,
+        eval_augment=[step.model_dump() for step in recipe.augment.eval],
+        pooling=EMBEDDING_VERSION,
+    )
+
+
+def _make_dataset(recipe: Recipe, samples: Sequence[Any]) -> Any:
+    from alframe.data import SegmentationDataset
+
+    return SegmentationDataset(list(samples), recipe.data, list(recipe.augment.eval), train=False)
+
+
+def _samples_for(recipe: Recipe, which: str) -> list[Any]:
+    from alframe.data.catalog import DataCatalog
+
+    if which == "pool":
+        ref = recipe.data.train
+    elif which == "source":
+        if recipe.data.source is None:
+            raise ConfigError(
+                "data.source is not set, so there are no source images to embed; set "
+                "data.source (e.g. {dataset: montgomery}) in the recipe"
+            )
+        ref = recipe.data.source
+    else:
+        raise ConfigError(f"which = {which!r}: expected 'pool' or 'source'")
+    return list(DataCatalog(recipe).samples(ref))
+
+
+def embed_samples(
+    recipe: Recipe,
+    samples: Sequence[Any],
+    embedder: Embedder | None = None,
+    recompute: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+) -> EmbeddingResult:
+    """Embed given samples (anything with an ``id``) with the recipe's encoder, through the cache.
+
+    Args:
+        recipe: the validated recipe.
+        samples: items in row order (``alframe.data.Sample``).
+        embedder: the encoder to use (default: :func:`build_embedder`).
+        recompute: ignore (and overwrite) an existing cache entry, stale or not.
+        progress: show a progress bar.
+        device: ``None``: CUDA when available, else CPU.
+
+    Returns:
+        An :class:`EmbeddingResult`.
+
+    Raises:
+        StateError: a stale cache entry (without ``recompute``), or a dataset whose item order
+            differs from ``samples``.
+    """
+    ids = [str(s.id) for s in samples]
+    if not ids:
+        raise ConfigError("no samples to embed: the referenced data set / split is empty")
+    if len(set(ids)) != len(ids):
+        raise StateError("sample ids are not unique; every item needs its own id")
+    encoder = embedder if embedder is not None else build_embedder(recipe)
+    digest = encoder.weights_hash()
+    key = EmbeddingKey.create(digest, ids, recipe_preprocessing(recipe, encoder.kind))
+    cache = EmbeddingCache(cache_dir(recipe))
+    if recompute:
+        cache.delete(key)
+    else:
+        cached = cache.get(key)
+        if cached is not None:
+            logger.info("embeddings read from %s", cache.array_path(key))
+            return EmbeddingResult(ids, cached, digest, cache.array_path(key), True)
+    dataset = _make_dataset(recipe, samples)
+    array, seen_ids = extract_embeddings_and_ids(
+        encoder,
+        dataset,
+        batch_size=recipe.embed.batch_size,
+        concat_penultimate=recipe.embed.concat_penultimate,
+        progress=progress,
+        device=device,
+        num_workers=recipe.train.num_workers,
+    )
+    if seen_ids is not None and seen_ids != ids:
+        raise StateError(
+            "the dataset returned items in another order than the samples; embeddings cannot "
+            "be matched to ids (this is a bug in the dataset — please report it)"
+        )
+    info = {
+        "backbone": encoder.kind,
+        "encoder": encoder.name,
+        "source": str(encoder.source) if encoder.source else None,
+        "n": len(ids),
+    }
+    path = cache.put(key, ids, array, info)
+    return EmbeddingResult(ids, array, digest, path, False)
+
+
+def embed_pool(
+    recipe: Recipe,
+    which: Literal["pool", "source"] = "pool",
+    recompute: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+) -> EmbeddingResult:
+    """Embed the active-learning pool (``data.train``) or the source set (``data.source``).
+
+    The encoder comes from ``recipe.embed`` (``mae``: ``embed.weights`` or
+    ``<run_dir>/mae/mae.ckpt``; ``timm``; ``segmentation``), images go through the eval
+    transforms, and results are cached in ``embed.cache_dir`` (default ``<run_dir>/embeddings``)
+    keyed by (weights hash, ordered ids, preprocessing).
+
+    Args:
+        recipe: the validated recipe.
+        which: ``"pool"`` or ``"source"``.
+        recompute: ignore (and overwrite) an existing cache entry.
+        progress: show a progress bar.
+        device: ``None``: CUDA when available, else CPU.
+
+    Returns:
+        An :class:`EmbeddingResult` (ids in catalog order, i.e. sorted).
+
+    Raises:
+        ConfigError: ``which="source"`` without ``data.source``; unknown ``which``.
+        ModelError: no MAE checkpoint yet (run ``alframe embed train-mae --recipe R`` first or
+            set ``embed.weights``), or unusable weights.
+        StateError: a stale cache entry (delete it or pass ``recompute=True``).
+    """
+    samples = _samples_for(recipe, which)
+    return embed_samples(recipe, samples, recompute=recompute, progress=progress, device=device)
