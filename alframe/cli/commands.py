@@ -44,3 +44,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, seed=args.seed, epochs=args.epochs, track=not args.no_track
     )
     return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from alframe.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.action == "train-mae":
+        from alframe.embed import train_mae
+
+        result = train_mae(recipe, out_dir=args.out)
+        print(
+            f"MAE ({recipe.embed.mae.encoder}) trained on {result.n_images} source images for "
+            f"{result.epochs} epochs in {result.wall_time_s:.0f} s; final loss {result.final_loss:.4f}"
+        )
+        print(f"checkpoint: {result.checkpoint}")
+        return 0
+    from alframe.embed import embed_pool
+
+    emb = embed_pool(recipe, which=args.which, recompute=args.recompute)
+    origin = "cache" if emb.from_cache else "computed"
+    print(
+        f"{args.which}: {emb.embeddings.shape[0]} × {emb.embeddings.shape[1]} embeddings ({origin}); "
+        f"weights {emb.weights_hash[:12]}; {emb.cache_path}"
+    )
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from alframe.config import load_recipe
+    from alframe.errors import ConfigError
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    budget = args.budget or recipe.select.budget
+    if budget is None or budget < 1:
+        raise ConfigError("no budget: pass --budget N (N >= 1) or set select.budget in the recipe")
+    from alframe.workflows.selection import select_from_recipe, write_selection_csv
+
+    result = select_from_recipe(
+        recipe, budget, strategy=args.strategy, labelled=args.labelled, checkpoint=args.checkpoint
+    )
+    path = write_selection_csv(result, args.out)
+    info = result.selection.info or {}
+    extra = f"; alpha = {info['alpha']}" if "alpha" in info else ""
+    print(
+        f"{result.strategy}: selected {len(result.selection.indices)} of {len(result.ids)}{extra}"
+    )
+    print(f"written to {path}")
+    return 0

@@ -76,6 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="per-image CSV file (one set) or folder (several)")
     evaluate.set_defaults(handler=commands.cmd_evaluate)
 
+    embed = sub.add_parser(
+        "embed",
+        help="embed the pool / source (cached), or train the source-domain MAE (embed train-mae)",
+    )
+    embed.add_argument(
+        "action", nargs="?", choices=["train-mae"], help="train-mae: train the masked autoencoder"
+    )
+    _add_recipe_args(embed)
+    embed.add_argument("--which", choices=["pool", "source"], default="pool")
+    embed.add_argument("--recompute", action="store_true", help="ignore and replace the cache")
+    embed.add_argument("--out", help="train-mae: output folder (default: <run dir>)")
+    embed.set_defaults(handler=commands.cmd_embed)
+
+    select = sub.add_parser("select", help="choose the next items to annotate")
+    _add_recipe_args(select)
+    select.add_argument("--budget", "-b", type=int, help="how many (default: select.budget)")
+    select.add_argument("--strategy", "-s", help="strategy name (default: select.strategy)")
+    select.add_argument("--labelled", help="file of already-labelled ids (one per line or CSV)")
+    select.add_argument("--checkpoint", help="trained model, for uncertainty strategies")
+    select.add_argument("--out", "-o", default="selection.csv", help="CSV to write")
+    select.set_defaults(handler=commands.cmd_select)
+
     demo = sub.add_parser(
         "demo", help="a few-minute offline demo (synthetic data; real data if ALFRAME_DATA is set)"
     )
@@ -101,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return EXIT_USER_ERROR
+    import logging
+
+    # Lightning's "GPU available: False" / tips on every run are noise on a command line.
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return handler(args)
     except AlframeError as err:

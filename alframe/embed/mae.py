@@ -772,24 +772,19 @@ def train_mae(
     run_dir = Path(out_dir) if out_dir is not None else Path(recipe.run_dir)
     folder = run_dir / "mae"
     folder.mkdir(parents=True, exist_ok=True)
-    trainer = L.Trainer(
-        max_epochs=cfg.max_epochs,
-        accelerator=recipe.train.accelerator,
-        devices=recipe.train.devices,
-        strategy=recipe.train.strategy,
-        num_nodes=recipe.train.num_nodes,
-        precision=recipe.train.precision,  # type: ignore[arg-type]
-        deterministic=recipe.train.deterministic,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=recipe.train.progress,
-        enable_model_summary=False,
-        default_root_dir=str(folder),
-        callbacks=list(callbacks or []),
-        log_every_n_steps=1,
-    )
+    from alframe.models.training import make_trainer, torch_flags_restored
+
     started = time.perf_counter()
-    trainer.fit(task, train_dataloaders=loader)
+    with torch_flags_restored():
+        trainer = make_trainer(
+            recipe,
+            folder,
+            logger=None,
+            callbacks=list(callbacks or []),
+            max_epochs=cfg.max_epochs,
+            checkpointing=False,
+        )
+        trainer.fit(task, train_dataloaders=loader)
     wall = time.perf_counter() - started
     epochs = int(trainer.current_epoch)
     extra = {

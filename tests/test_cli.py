@@ -1,0 +1,258 @@
+"""The `alframe` command: success paths on tiny synthetic data, and every user error → one line, exit 2."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from alframe.cli.main import main
+from alframe.data.synthetic import synthetic_recipe_dict, write_synthetic_dataset
+
+
+def tiny_recipe(data_dir: Path, tmp_path: Path, **train: Any) -> dict[str, Any]:
+    raw = synthetic_recipe_dict(data_dir, image_size=32)
+    raw["train"].update({"max_epochs": 1, "batch_size": 4, "progress": False, **train})
+    raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    raw["output_dir"] = str(tmp_path / "run")
+    return raw
+
+
+def write_recipe(path: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(root, n_images=12, image_size=32, seed=3)
+    return root
+
+
+@pytest.fixture
+def data_copy(synthetic_data: Path, tmp_path: Path) -> Path:
+    """A private copy a test may break."""
+    target = tmp_path / "data"
+    shutil.copytree(synthetic_data, target)
+    return target
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "evaluate", "demo"):
+        assert command in out
+
+
+def test_train_then_evaluate(
+    synthetic_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(synthetic_data, tmp_path))
+    code, out, err = run_cli(
+        ["train", "--recipe", str(recipe), "--set", "train.max_epochs=2"], capsys
+    )
+    assert code == 0, err
+    assert "target_test" in out and "Dice" in out
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    assert checkpoint.exists()
+    assert (tmp_path / "run" / "eval_target_test.csv").exists()
+    assert (tmp_path / "run" / "summary.json").exists()
+    assert (tmp_path / "mlflow.db").exists()
+
+    code, out, err = run_cli(["evaluate", "-c", str(checkpoint), "-d", "target_test"], capsys)
+    assert code == 0, err
+    assert "target_test" in out
+    out_csv = tmp_path / "folder.csv"
+    code, out, err = run_cli(
+        [
+            "evaluate",
+            "-c",
+            str(checkpoint),
+            "-d",
+            str(synthetic_data / "source"),
+            "--out",
+            str(out_csv),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    import pandas as pd
+
+    table = pd.read_csv(out_csv)
+    assert len(table) == 12 and {"id", "dice", "iou"} <= set(table.columns)
+    assert table["dice"].between(0, 1).all()
+
+
+def expect_user_error(
+    args: list[str], needles: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("alframe: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    # Nothing was started: no run folder, no MLflow store.
+    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    Image.fromarray(array).save(path)
+
+
+def test_image_without_mask(
+    data_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = sorted((data_copy / "target" / "masks").glob("*.png"))[0]
+    victim.unlink()
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(data_copy, tmp_path))
+    expect_user_error(
+        ["train", "--recipe", str(recipe)],
+        [f"{victim.stem}.png has no mask", "add masks/"],
+        capsys,
+        tmp_path,
+    )
+
+
+def test_size_mismatch(data_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    victim = sorted((data_copy / "target" / "masks").glob("*.png"))[0]
+    _png(victim, np.zeros((16, 20), np.uint8))
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(data_copy, tmp_path))
+    expect_user_error(["train", "--recipe", str(recipe)], [str(victim), "16×20"], capsys, tmp_path)
+
+
+def test_unexpected_label_values(
+    data_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = sorted((data_copy / "target" / "masks").glob("*.png"))[-1]
+    values = np.zeros((32, 32), np.uint8)
+    values[:4, :4] = 7
+    _png(victim, values)
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(data_copy, tmp_path))
+    expect_user_error(["train", "--recipe", str(recipe)], [str(victim), "[0, 7]"], capsys, tmp_path)
+
+
+def test_corrupt_file(data_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    victim = sorted((data_copy / "source" / "images").glob("*.png"))[0]
+    victim.write_bytes(b"not a png at all")
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(data_copy, tmp_path))
+    expect_user_error(
+        ["train", "--recipe", str(recipe)], [f"cannot read {victim}"], capsys, tmp_path
+    )
+
+
+def test_empty_folder(data_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for file in (data_copy / "target" / "images").iterdir():
+        file.unlink()
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(data_copy, tmp_path))
+    expect_user_error(
+        ["train", "--recipe", str(recipe)], [str(data_copy / "target" / "images")], capsys, tmp_path
+    )
+
+
+def test_unknown_split_id(
+    data_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = sorted(p.stem for p in (data_copy / "target" / "images").glob("*.png"))
+    rows = ["id,source_split"] + [f"{i},train" for i in ids] + ["no_such_image,test"]
+    (data_copy / "splits.csv").write_text("\n".join(rows) + "\n")
+    raw = tiny_recipe(data_copy, tmp_path)
+    raw["data"]["datasets"]["target"]["split"] = {"kind": "csv", "csv": "splits.csv"}
+    raw["data"]["evaluate"] = {}
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    expect_user_error(
+        ["train", "--recipe", str(recipe)], ["unknown split id", "no_such_image"], capsys, tmp_path
+    )
+
+
+def test_unknown_split_name(
+    data_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = tiny_recipe(data_copy, tmp_path)
+    raw["data"]["train"] = {"dataset": "target", "split": "trian"}
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    expect_user_error(["train", "--recipe", str(recipe)], ["trian"], capsys, tmp_path)
+
+
+def test_recipe_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], synthetic_data: Path
+) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(synthetic_data, tmp_path))
+    expect_user_error(
+        ["train", "--recipe", str(recipe), "--set", "train.lr=fast"],
+        ["train.lr = 'fast'"],
+        capsys,
+        tmp_path,
+    )
+    expect_user_error(
+        ["train", "--recipe", str(recipe), "--set", "model.arhc=x"],
+        ["did you mean arch"],
+        capsys,
+        tmp_path,
+    )
+    expect_user_error(
+        ["train", "--recipe", str(tmp_path / "nope.yaml")], ["no such file"], capsys, tmp_path
+    )
+
+
+def test_evaluate_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    expect_user_error(
+        ["evaluate", "-c", str(tmp_path / "missing.ckpt"), "-d", "x"],
+        ["missing.ckpt"],
+        capsys,
+        tmp_path,
+    )
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"garbage")
+    expect_user_error(["evaluate", "-c", str(junk), "-d", "x"], ["junk.ckpt"], capsys, tmp_path)
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    from alframe.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["--debug", "train", "--recipe", str(tmp_path / "nope.yaml")])
+
+
+def test_console_script_exit_code(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alframe.cli.main",
+            "train",
+            "--recipe",
+            str(tmp_path / "nope.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("alframe: error: recipe")
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "alframe.cli.main", "frobnicate"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
