@@ -256,3 +256,38 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_demo_synthetic_tracks_to_mlflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, out, err = run_cli(["demo", "--data", "synthetic", "--epochs", "1"], capsys)
+    assert code == 0, err
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+    assert "target_test" in out
+    assert (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "mlruns").exists()  # artifacts go beside the DB, not to ./mlruns
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("synthetic_demo")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert 0.0 <= run.data.metrics["target_test_dice_mean"] <= 1.0
+    assert run.data.params["data.image_size"] == "[64, 64]"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"recipe.resolved.yaml", "summary.json", "evaluation"} <= artifacts
+
+
+def test_demo_real_without_data_is_a_user_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ALFRAME_DATA", raising=False)
+    code, _, err = run_cli(["demo", "--data", "real"], capsys)
+    assert code == 2 and "ALFRAME_DATA" in err
+    assert not (tmp_path / "alframe_demo").exists()
