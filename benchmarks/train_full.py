@@ -36,6 +36,7 @@ def run_setting(name: str, overrides: list[str], out_root: Path) -> dict:
     from alframe.data import SegmentationDataModule
 
     dm = SegmentationDataModule(recipe)
+    dm.setup()
     return {
         "setting": name,
         "train": f"{recipe.data.train.dataset}/{recipe.data.train.split or 'all'}",

@@ -5,6 +5,19 @@ from __future__ import annotations
 import argparse
 
 
+def quiet_lightning() -> None:
+    """Silence Lightning's per-run INFO lines ("GPU available: False", tips) on the command line.
+
+    Lightning sets its logger to INFO when it is imported, so this must run after that import.
+    """
+    import logging
+
+    import lightning  # noqa: F401
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from alframe.config import load_recipe
 
@@ -13,6 +26,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from alframe.models import format_table
     from alframe.workflows import train_and_evaluate
 
+    quiet_lightning()
     result = train_and_evaluate(recipe, out_dir=args.out, track=not args.no_track)
     print(
         f"\ntrained {recipe.model.arch}/{recipe.model.encoder} for {result.epochs_run} epochs in "
@@ -40,6 +54,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from alframe.workflows.demo import run_demo
 
+    quiet_lightning()
+
     run_demo(
         data=args.data, out=args.out, seed=args.seed, epochs=args.epochs, track=not args.no_track
     )
@@ -53,6 +69,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.action == "train-mae":
         from alframe.embed import train_mae
 
+        quiet_lightning()
         result = train_mae(recipe, out_dir=args.out)
         print(
             f"MAE ({recipe.embed.mae.encoder}) trained on {result.n_images} source images for "

@@ -123,11 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return EXIT_USER_ERROR
-    import logging
+    import warnings
 
-    # Lightning's "GPU available: False" / tips on every run are noise on a command line.
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # A Lightning-internal deprecation (torch's pytree API) on every run is noise for a user.
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     try:
         return handler(args)
     except AlframeError as err:
