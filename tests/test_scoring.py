@@ -8,6 +8,7 @@ import pytest
 from alframe.errors import ConfigError, DataError
 from alframe.scoring import (
     DEFAULT_ALPHA_GRID,
+    CoverageState,
     calibrate_alpha,
     choose_alpha,
     combine_terms,
@@ -141,6 +142,33 @@ def test_point_nearest_mean_is_chunk_independent(points: np.ndarray) -> None:
         expected = int(rows[np.argmin(((x[rows] - mean) ** 2).sum(1))])
         for chunk_rows in (7, 64, 10_000):
             assert point_nearest_mean(points, rows, norms, chunk_rows=chunk_rows) == expected
+
+
+def test_triangle_pruning_is_exact_and_skips_work_on_clustered_data() -> None:
+    rng = np.random.default_rng(11)
+    centres = 3.0 * rng.standard_normal((20, 6))
+    points = (centres[rng.integers(0, 20, 3000)] + 0.1 * rng.standard_normal((3000, 6))).astype(
+        np.float32
+    )
+    labelled = np.zeros(3000, bool)
+    labelled[[5, 500]] = True
+    states = {prune: CoverageState(points, labelled, prune=prune) for prune in (True, False)}
+    for _ in range(60):
+        picks = {
+            prune: int(np.argmax(np.where(s.candidate[0], s.min_squared[0], -np.inf)))
+            for prune, s in states.items()
+        }
+        assert picks[True] == picks[False]
+        for state in states.values():
+            state.add_centres(np.array([picks[True]]))
+    # equal up to float32 rounding of ‖x‖² + ‖c‖² − 2x·c (‖x‖² ≈ 50 here)
+    np.testing.assert_allclose(
+        states[True].min_squared, states[False].min_squared, rtol=1e-4, atol=1e-4
+    )
+    assert states[False].rows_updated == 60 * 3000
+    assert states[True].rows_updated < 0.5 * states[False].rows_updated
+    picks_naive, _ = naive_k_center(points, labelled, 60, first=None)
+    assert k_center_greedy(points, labelled, 60).indices.tolist() == picks_naive
 
 
 def test_k_center_input_errors(points: np.ndarray) -> None:

@@ -99,7 +99,8 @@ def select_from_recipe(
         recipe: the recipe (pool = ``data.train``, source = ``data.source``, encoder = ``embed``).
         budget: number of items to select.
         strategy: strategy name; default ``recipe.select.strategy``.
-        params: strategy parameters; default ``recipe.select.params``.
+        params: strategy parameters; default ``recipe.select.params`` when ``strategy`` is the
+            recipe's strategy, else none.
         labelled: optional file of already-labelled ids.
         checkpoint: segmentation checkpoint for uncertainty strategies.
 
@@ -112,7 +113,10 @@ def select_from_recipe(
     from alframe.types import QueryContext
 
     name = strategy or recipe.select.strategy
-    chosen = strategies.create(name, **(params if params is not None else recipe.select.params))
+    if params is None:
+        # The recipe's parameters belong to the recipe's strategy, not to one named on the CLI.
+        params = recipe.select.params if name == recipe.select.strategy else {}
+    chosen = strategies.create(name, **params)
     requires = set(getattr(chosen, "requires", {"embeddings"}))
     if "probabilities" in requires and checkpoint is None:
         raise DataError(
