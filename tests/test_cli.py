@@ -265,8 +265,14 @@ def test_demo_synthetic_tracks_to_mlflow(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     code, out, err = run_cli(["demo", "--data", "synthetic", "--epochs", "1"], capsys)
     assert code == 0, err
+    # One progress line per round, the learning curve and how to open MLflow.
+    assert "[xssr seed 0] round 1: n_labelled=8 dice=" in out
+    assert "[random seed 0] round 0: n_labelled=4 dice=" in out
+    assert "[full seed 0] round 0: n_labelled=36 dice=" in out
+    assert "### target_test" in out
+    plot = tmp_path / "alframe_demo" / "run" / "learning_curve.png"
+    assert f"learning curve: {plot.relative_to(tmp_path)}" in out and plot.is_file()
     assert "mlflow ui --backend-store-uri sqlite:///" in out
-    assert "target_test" in out
     assert (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "mlruns").exists()  # artifacts go beside the DB, not to ./mlruns
 
@@ -275,12 +281,34 @@ def test_demo_synthetic_tracks_to_mlflow(
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("synthetic_demo")
     assert experiment is not None
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED"
-    assert 0.0 <= run.data.metrics["target_test_dice_mean"] <= 1.0
-    assert run.data.params["data.image_size"] == "[64, 64]"
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"recipe.resolved.yaml", "summary.json", "evaluation"} <= artifacts
+    runs = client.search_runs([experiment.experiment_id])
+    assert all(run.info.status == "FINISHED" for run in runs)
+    kinds = sorted(run.data.tags["alframe.kind"] for run in runs)
+    assert kinds == [
+        "arm",
+        "arm",
+        "reference",
+        "round",
+        "round",
+        "round",
+        "round",
+        "round",
+        "summary",
+    ]
+    xssr_rounds = [
+        run
+        for run in runs
+        if run.data.tags["alframe.kind"] == "round" and run.data.tags["alframe.label"] == "xssr"
+    ]
+    assert sorted(r.data.metrics["n_labelled"] for r in xssr_rounds) == [4.0, 8.0]
+    for run in xssr_rounds:
+        assert 0.0 <= run.data.metrics["target_test_dice_mean"] <= 1.0
+        assert run.data.params["data.image_size"] == "[64, 64]"
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"selection.csv", "manifest.json", "recipe.rounds.yaml", "evaluation"} <= artifacts
+    (summary,) = [run for run in runs if run.data.tags["alframe.kind"] == "summary"]
+    artifacts = {a.path for a in client.list_artifacts(summary.info.run_id)}
+    assert {"learning_curve.png", "summary.md", "summary_table.csv"} <= artifacts
 
 
 def test_demo_real_without_data_is_a_user_error(

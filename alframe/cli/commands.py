@@ -51,6 +51,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from alframe.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from alframe.loop import run_experiment
+
+    quiet_lightning()
+    result = run_experiment(recipe, resume=args.resume, out_dir=args.out, track=not args.no_track)
+    print(f"experiment folder: {result.run_dir} ({result.seconds / 60:.1f} min)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from alframe.workflows.demo import run_demo
 

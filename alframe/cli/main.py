@@ -98,6 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--out", "-o", default="selection.csv", help="CSV to write")
     select.set_defaults(handler=commands.cmd_select)
 
+    experiment = sub.add_parser(
+        "experiment",
+        help="active-learning budget experiment: strategies × schedules × seeds (+ full data)",
+    )
+    _add_recipe_args(experiment)
+    experiment.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted experiment from its last completed rounds",
+    )
+    experiment.add_argument("--out", help="experiment folder (default: the recipe's output_dir)")
+    experiment.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    experiment.set_defaults(handler=commands.cmd_experiment)
+
     demo = sub.add_parser(
         "demo", help="a few-minute offline demo (synthetic data; real data if ALFRAME_DATA is set)"
     )

@@ -109,7 +109,7 @@ class DataConfig(_Strict):
     """Where the data lives and how every image is turned into a tensor."""
 
     root: str = Field(".", description="base folder; ${ALFRAME_DATA} and ~ are expanded")
-    datasets: dict[str, DatasetConfig]
+    datasets: dict[str, DatasetConfig] = Field(..., description="named data sets (sites)")
     classes: dict[str, int] = Field(
         default_factory=lambda: {"background": 0, "foreground": 1},
         description="class name -> mask value, background first",
@@ -123,7 +123,9 @@ class DataConfig(_Strict):
     val: SubsetRef | None = Field(
         None, description="validation data; default: val_fraction of train"
     )
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of the training groups held out for validation"
+    )
     evaluate: dict[str, SubsetRef] = Field(
         default_factory=dict, description="named evaluation sets, e.g. {shenzhen_test: ...}"
     )
@@ -289,8 +291,12 @@ class SelectConfig(_Strict):
 class Recipe(_Strict):
     """A whole alframe recipe."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
-    seed: int = 0
+    name: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="recipe name: MLflow experiment and default run folder (letters, digits, _ . -)",
+    )
+    seed: int = Field(0, description="seed of every random choice: splits, init, shuffling, picks")
     data: DataConfig
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
@@ -298,6 +304,9 @@ class Recipe(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     embed: EmbedConfig = EmbedConfig()
     select: SelectConfig = SelectConfig()
+    experiment: ExperimentConfig | None = Field(
+        None, description="active-learning budget experiment (`alframe experiment`)"
+    )
     output_dir: str = Field("runs/{name}", description="'{name}' is replaced by the recipe name")
 
     @property
@@ -308,3 +317,177 @@ class Recipe(_Strict):
     def run_dir(self) -> str:
         """``output_dir`` with ``{name}`` filled in (relative to the working directory)."""
         return self.output_dir.replace("{name}", self.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Active-learning budget experiments (`alframe experiment`, alframe.loop)
+
+_LABEL_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+
+
+class StrategySpec(_Strict):
+    """One query strategy of an experiment (see ``alframe.strategies.names()``).
+
+    ``label`` names the strategy in folders, MLflow runs, plots and tables (default: ``name``);
+    give one when the same strategy appears twice with different parameters.
+    ``cold_start`` overrides ``experiment.cold_start`` for this strategy.
+    """
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = Field(None, pattern=_LABEL_PATTERN)
+    cold_start: str | None = None
+    cold_start_params: dict[str, Any] | None = None
+
+    @property
+    def display(self) -> str:
+        """The label used in folders, runs and plots."""
+        return self.label or self.name
+
+
+class ScheduleConfig(_Strict):
+    """A budget schedule: exactly one of ``cumulative``, ``batches`` or ``fractions``.
+
+    ``cumulative``: labelled-set sizes after each round, e.g. [22, 44, 88]; ``batches``: items
+    added per round, e.g. [22, 22, 44] (same schedule); ``fractions``: cumulative fractions of the
+    pool, e.g. [0.05, 0.1, 0.2] (rounded, at least 1).
+    """
+
+    name: str = Field(..., pattern=_LABEL_PATTERN)
+    cumulative: list[int] | None = None
+    batches: list[int] | None = None
+    fractions: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ScheduleConfig:
+        from itertools import pairwise
+
+        given = [k for k in ("cumulative", "batches", "fractions") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of cumulative (e.g. [22, 44, 88]), batches (e.g. [22, 22, 44]) "
+                f"or fractions (e.g. [0.05, 0.1, 0.2]); got {given or 'none'}"
+            )
+        values = getattr(self, given[0])
+        if not values:
+            raise ValueError(f"{given[0]} is empty; list at least one round")
+        if given[0] == "fractions":
+            if any(not 0.0 < f <= 1.0 for f in values):
+                raise ValueError(f"fractions must lie in (0, 1], got {values}")
+            if any(b <= a for a, b in pairwise(values)):
+                raise ValueError(f"fractions must increase strictly, got {values}")
+        elif any(v < 1 for v in values):
+            raise ValueError(f"{given[0]} must be positive integers, got {values}")
+        elif given[0] == "cumulative" and any(b <= a for a, b in pairwise(values)):
+            raise ValueError(
+                f"cumulative sizes must increase strictly (each round adds items), got {values}"
+            )
+        return self
+
+
+def _check_train_overrides(value: dict[str, Any], key: str) -> dict[str, Any]:
+    import difflib
+
+    from pydantic import ValidationError
+
+    fields = list(TrainConfig.model_fields)
+    for name in value:
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=2)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(
+                f"{key}.{name} is not a train setting (valid: {', '.join(fields)}){hint}"
+            )
+    try:
+        TrainConfig.model_validate(value)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{key}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise ValueError(problems) from None
+    return value
+
+
+class ExperimentConfig(_Strict):
+    """Strategies × budget schedules × seeds, plus a full-data reference per seed.
+
+    Active-learning rounds train with ``train`` merged with ``experiment.train`` (and
+    ``steps_per_round``); the full-data reference trains with ``train`` merged with
+    ``experiment.reference_train`` on the whole pool, validating on ``data.val_fraction``.
+    """
+
+    strategies: list[StrategySpec] = Field(..., min_length=1)
+    schedules: list[ScheduleConfig] = Field(..., min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    full_reference: bool = Field(True, description="train on the whole pool once per seed")
+    retrain: Literal["scratch", "finetune"] = Field(
+        "scratch", description="each round from scratch, or from the previous round's weights"
+    )
+    cold_start: str = Field(
+        "random", description="strategy for rounds without a model (e.g. random, typiclust)"
+    )
+    cold_start_params: dict[str, Any] = Field(default_factory=dict)
+    steps_per_round: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "fixed optimisation steps per round (comparable across budgets); null: the epochs of "
+            "the train section"
+        ),
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="train.* overrides for the active-learning rounds"
+    )
+    reference_train: dict[str, Any] = Field(
+        default_factory=dict, description="train.* overrides for the full-data reference"
+    )
+    val_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "validation share held out of the labelled set in rounds; 0: train on every label "
+            "and keep the final weights"
+        ),
+    )
+    pool_size: int | None = Field(
+        None, ge=2, description="use a seeded random subset of data.train as the pool (smoke runs)"
+    )
+    primary_set: str | None = Field(
+        None, description="evaluation set of progress lines and the summary (default: the first)"
+    )
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_train_overrides(v, "experiment.train")
+
+    @field_validator("reference_train")
+    @classmethod
+    def _reference_train(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_train_overrides(v, "experiment.reference_train")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if any(s < 0 for s in v) or len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> ExperimentConfig:
+        labels = [s.display for s in self.strategies]
+        duplicated = sorted({x for x in labels if labels.count(x) > 1})
+        if duplicated:
+            raise ValueError(
+                f"strategy labels must be unique, {duplicated} repeat; give each a label"
+            )
+        if "full" in labels and self.full_reference:
+            raise ValueError("the label 'full' is reserved for the full-data reference")
+        names = [s.name for s in self.schedules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"schedule names must be unique, got {names}")
+        return self
+
+
+Recipe.model_rebuild()

@@ -190,7 +190,7 @@ def fit_segmentation(
             UserWarning,
             stacklevel=2,
         )
-        trainer.save_checkpoint(best_path)
+        trainer.save_checkpoint(best_path, weights_only=True)
         best_checkpoint, best_dice = best_path, math.nan
     return TrainResult(
         best_checkpoint=best_checkpoint,

@@ -1,9 +1,16 @@
-"""``alframe demo``: a few-minute, offline, end-to-end run on 2 CPU cores.
+"""``alframe demo``: a few-minute, offline active-learning experiment on 2 CPU cores.
 
-By default it generates a seeded synthetic two-domain segmentation data set (so a fresh install
-needs nothing else); when ``ALFRAME_DATA`` points at the shared chest X-ray data it uses a small
-real Shenzhen subset at 128² instead. Results go to MLflow (``sqlite:///mlflow.db`` in the working
-directory unless ``MLFLOW_TRACKING_URI`` says otherwise).
+XSSR against random sampling, two rounds, one seed, plus the full-data reference:
+
+1. a small convolutional MAE is trained on the unlabelled **source** domain only;
+2. XSSR selects from the MAE embeddings of the target pool (random needs nothing);
+3. each round trains a small U-Net on the labelled images for a fixed number of steps and
+   evaluates it; the learning curves, a table and every round go to the run folder and MLflow.
+
+By default the data are a seeded synthetic two-domain data set (so a fresh install needs nothing
+else); when ``ALFRAME_DATA`` points at the shared chest X-ray data the demo uses Montgomery as
+source and a 60-image subset of the Shenzhen pool at 64² instead. Results go to MLflow
+(``sqlite:///mlflow.db`` in the working directory unless ``MLFLOW_TRACKING_URI`` says otherwise).
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ from typing import Any
 from alframe.config import recipe_from_dict
 from alframe.errors import DataError
 
+DEMO_STEPS_PER_EPOCH = 10
+"""Optimisation steps per round for each unit of ``--epochs``."""
+
 
 def real_data_available() -> bool:
     """True when ``$ALFRAME_DATA/cxr_lungs`` exists."""
@@ -22,8 +32,28 @@ def real_data_available() -> bool:
     return bool(root) and (Path(str(root)) / "cxr_lungs" / "shenzhen").is_dir()
 
 
-def real_demo_recipe_dict(seed: int, epochs: int) -> dict[str, Any]:
-    """A small real-data recipe: 64 Shenzhen training images at 128², evaluated on two sites."""
+def demo_experiment(epochs: int | None, budgets: list[int]) -> dict[str, Any]:
+    """The demo's ``experiment`` section: XSSR vs random, one schedule, the full-data reference.
+
+    Args:
+        epochs: None for the defaults; otherwise a scale for every training (see
+            :func:`run_demo`).
+        budgets: cumulative labelled-set sizes per round.
+    """
+    steps = DEMO_STEPS_PER_EPOCH * epochs if epochs else 40
+    return {
+        "strategies": [{"name": "xssr", "params": {"alpha": "auto"}}, {"name": "random"}],
+        "schedules": [{"name": "demo", "cumulative": budgets}],
+        "full_reference": True,
+        "cold_start": "random",
+        "steps_per_round": steps,
+        # The reference sees the whole pool: twice the steps, best weights on validation.
+        "reference_train": {"max_steps": 2 * steps, "max_epochs": 1000},
+    }
+
+
+def real_demo_recipe_dict(seed: int, epochs: int | None) -> dict[str, Any]:
+    """A small real-data experiment: Montgomery → a 60-image Shenzhen pool at 64², two rounds."""
     split = {"kind": "csv", "csv": "splits.csv"}
     return {
         "name": "demo_cxr",
@@ -31,26 +61,41 @@ def real_demo_recipe_dict(seed: int, epochs: int) -> dict[str, Any]:
         "data": {
             "root": "${ALFRAME_DATA}/cxr_lungs",
             "classes": {"background": 0, "lung": 255},
-            "image_size": [128, 128],
+            "image_size": [64, 64],
             "datasets": {
                 "shenzhen": {
                     "path": "shenzhen",
                     "split": {**split, "filter": {"source": "shenzhen"}},
                 },
-                "montgomery": {
-                    "path": "montgomery",
-                    "split": {**split, "filter": {"source": "montgomery"}},
-                },
+                "montgomery": {"path": "montgomery"},
             },
             "train": {"dataset": "shenzhen", "split": "train"},
-            "evaluate": {
-                "shenzhen_test": {"dataset": "shenzhen", "split": "test"},
-                "montgomery_test": {"dataset": "montgomery", "split": "test"},
-            },
+            "source": {"dataset": "montgomery"},
+            "evaluate": {"shenzhen_test": {"dataset": "shenzhen", "split": "test"}},
         },
-        "model": {"arch": "Unet", "encoder": "resnet18"},
-        "train": {"max_epochs": epochs, "batch_size": 8, "lr": 2e-3, "early_stopping_patience": 0},
+        "model": {
+            "arch": "Unet",
+            "encoder": "resnet18",
+            "encoder_depth": 3,
+            "extra": {"decoder_channels": [32, 16, 8]},
+        },
+        "train": {"batch_size": 8, "lr": 2e-3, "early_stopping_patience": 0, "progress": False},
+        "embed": {"mae": {"encoder": "resnet18", "max_epochs": epochs or 6, "batch_size": 16}},
+        "experiment": {**demo_experiment(epochs, [8, 16]), "pool_size": 60},
     }
+
+
+def synthetic_demo_recipe_dict(data_dir: Path, seed: int, epochs: int | None) -> dict[str, Any]:
+    """The synthetic experiment: 48 source and 48 target images at 64² (36-image pool)."""
+    from alframe.data.synthetic import synthetic_recipe_dict
+
+    raw = synthetic_recipe_dict(data_dir, image_size=64)
+    raw["seed"] = seed
+    raw["model"]["extra"] = {"decoder_channels": [32, 16, 8]}
+    raw["train"].update({"batch_size": 8, "lr": 2e-3, "progress": False})
+    raw["embed"] = {"mae": {"encoder": "resnet18", "max_epochs": epochs or 6, "batch_size": 16}}
+    raw["experiment"] = demo_experiment(epochs, [4, 8])
+    return raw
 
 
 def run_demo(
@@ -60,20 +105,21 @@ def run_demo(
     epochs: int | None = None,
     track: bool = True,
 ) -> Any:
-    """Run the demo and print what it did, the results and how to open them.
+    """Run the demo experiment and print its progress, the results and how to open them.
 
     Args:
         data: ``auto``, ``synthetic`` or ``real``.
-        out: work folder for generated data, checkpoints and CSVs.
-        seed: seed for data generation, splits and training.
-        epochs: override the number of training epochs.
+        out: work folder for generated data, the MAE, checkpoints and results.
+        seed: seed for data generation, selection and training.
+        epochs: scales every training: MAE epochs, ``10 × epochs`` optimisation steps per
+            active-learning round and twice that for the full-data reference (default: 6 MAE
+            epochs, 40 and 80 steps).
         track: log to MLflow.
 
     Returns:
-        The :class:`~alframe.workflows.training.TrainEvalResult`.
+        The :class:`~alframe.loop.ExperimentResult`.
     """
-    from alframe.models import format_table
-    from alframe.workflows.training import train_and_evaluate
+    from alframe.loop import run_experiment
 
     work = Path(out)
     use_real = data == "real" or (data == "auto" and real_data_available())
@@ -83,36 +129,29 @@ def run_demo(
             "export ALFRAME_DATA=/path/to/shared/data or use --data synthetic"
         )
     if use_real:
-        raw = real_demo_recipe_dict(seed, epochs or 6)
-        # Keep the real demo to a few minutes: a 64-image labelled subset of the Shenzhen pool.
-        print("alframe demo: real chest X-rays (Shenzhen → Shenzhen test and Montgomery), 128²")
+        raw = real_demo_recipe_dict(seed, epochs)
+        print(
+            "alframe demo: XSSR vs random on real chest X-rays (MAE on Montgomery, a 60-image "
+            "Shenzhen pool, Shenzhen test), 64²"
+        )
     else:
-        from alframe.data.synthetic import synthetic_recipe_dict, write_synthetic_dataset
+        from alframe.data.synthetic import write_synthetic_dataset
 
         data_dir = work / "data"
         write_synthetic_dataset(data_dir, n_images=48, seed=seed, image_size=64)
-        raw = synthetic_recipe_dict(data_dir, image_size=64)
-        raw["seed"] = seed
-        raw.setdefault("train", {})["max_epochs"] = epochs or 8
-        print(f"alframe demo: synthetic two-domain data set written to {data_dir}")
+        raw = synthetic_demo_recipe_dict(data_dir, seed, epochs)
+        print(f"alframe demo: XSSR vs random on a synthetic two-domain data set ({data_dir})")
     raw["output_dir"] = str(work / "run")
     recipe = recipe_from_dict(raw, source="demo")
-
-    train_ids = None
-    if use_real:
-        from alframe.data import DataCatalog
-
-        pool = DataCatalog(recipe).samples(recipe.data.train)
-        train_ids = [s.id for s in pool[:64]]
-    result = train_and_evaluate(recipe, track=track, train_ids=train_ids, run_name="demo")
-    print()
-    print(
-        f"trained {recipe.model.arch}/{recipe.model.encoder} on {len(train_ids or []) or 'all'} "
-        f"images for {result.epochs_run} epochs ({result.train_seconds:.0f} s); "
-        f"validation Dice {result.best_val_dice:.3f}"
-    )
-    print(format_table(result.evaluations))
-    print(f"run folder: {result.out_dir}")
-    if result.tracking_uri:
-        print(f"open the results: mlflow ui --backend-store-uri {result.tracking_uri}")
+    # A demo is rerun as is: start over instead of refusing the previous run's folder.
+    result = run_experiment(recipe, resume=False, out_dir=_fresh(work / "run"), track=track)
     return result
+
+
+def _fresh(folder: Path) -> Path:
+    """Empty ``folder`` of a previous demo run (only alframe's own run files are removed)."""
+    import shutil
+
+    if (folder / "experiment.json").is_file():
+        shutil.rmtree(folder)
+    return folder

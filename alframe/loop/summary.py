@@ -1,0 +1,300 @@
+"""Results of a budget experiment: the long results table, learning curves, AULC, % of full data.
+
+Everything here works from round manifests (plain dicts), so a summary can be rebuilt from a run
+directory at any time (:func:`alframe.loop.experiment.summarize_experiment`).
+
+Definitions:
+- per (strategy, schedule, budget, evaluation set): mean ± std over seeds of the per-seed mean
+  Dice (std with ddof=1; 0 for a single seed);
+- % of full data: 100 × that mean / the mean over seeds of the full-data reference's Dice;
+- AULC: per seed, the trapezoid area under Dice(n_labelled) divided by the n_labelled range
+  (so it is a Dice-like number in [0, 1]; a single round gives its Dice), then mean ± std.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REFERENCE_LABEL = "full"
+
+RESULT_COLUMNS = [
+    "label",
+    "strategy",
+    "schedule",
+    "seed",
+    "round",
+    "n_labelled",
+    "eval_set",
+    "n_images",
+    "dice_mean",
+    "dice_std",
+    "iou_mean",
+    "iou_std",
+    "strategy_used",
+    "cold_start",
+    "train_seconds",
+    "steps",
+]
+
+
+def results_frame(manifests: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (run, round, evaluation set) from round manifests.
+
+    Args:
+        manifests: round manifests of every run (reference included).
+
+    Returns:
+        A frame with :data:`RESULT_COLUMNS`, sorted by label, schedule, seed, round, set.
+    """
+    rows = []
+    for manifest in manifests:
+        fit = manifest.get("fit") or {}
+        for set_name, stats in (manifest.get("metrics") or {}).items():
+            rows.append(
+                {
+                    "label": manifest.get("label"),
+                    "strategy": manifest.get("strategy"),
+                    "schedule": manifest.get("schedule"),
+                    "seed": manifest.get("seed"),
+                    "round": manifest.get("round"),
+                    "n_labelled": manifest.get("n_labelled"),
+                    "eval_set": set_name,
+                    "n_images": stats.get("n"),
+                    "dice_mean": stats.get("dice_mean"),
+                    "dice_std": stats.get("dice_std"),
+                    "iou_mean": stats.get("iou_mean"),
+                    "iou_std": stats.get("iou_std"),
+                    "strategy_used": manifest.get("strategy_used"),
+                    "cold_start": manifest.get("cold_start"),
+                    "train_seconds": fit.get("train_seconds"),
+                    "steps": fit.get("steps"),
+                }
+            )
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    if len(frame):
+        # Evaluation sets keep the recipe's order (the manifests' metrics are in that order).
+        frame = frame.sort_values(["label", "schedule", "seed", "round"], kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def aulc(n_labelled: Sequence[float], scores: Sequence[float]) -> float:
+    """Area under a learning curve, normalised by the n_labelled range.
+
+    Args:
+        n_labelled: (R,) labelled-set sizes (any order; sorted here).
+        scores: (R,) the metric at each size.
+
+    Returns:
+        ``trapezoid(scores, n_labelled) / (max - min)``; the score itself for one point; NaN
+        for none.
+    """
+    x = np.asarray(n_labelled, dtype=np.float64)
+    y = np.asarray(scores, dtype=np.float64)
+    if x.size == 0:
+        return math.nan
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    if x.size == 1 or x[-1] == x[0]:
+        return float(y.mean())
+    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
+
+
+def _std(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def reference_scores(results: pd.DataFrame) -> dict[str, tuple[float, float, int]]:
+    """Per evaluation set: (mean, std, n seeds) of the full-data reference's Dice."""
+    reference = results[results["label"] == REFERENCE_LABEL]
+    scores = {}
+    for set_name, group in reference.groupby("eval_set", sort=False):
+        values = group["dice_mean"].to_numpy(dtype=np.float64)
+        scores[str(set_name)] = (float(values.mean()), _std(values), int(values.size))
+    return scores
+
+
+def summary_table(results: pd.DataFrame, set_order: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean ± std over seeds per (label, schedule, evaluation set, n_labelled), with % of full
+    data and AULC.
+
+    Args:
+        results: a frame from :func:`results_frame`.
+        set_order: evaluation sets in display order (default: order of appearance); sets not
+            listed follow.
+
+    Returns:
+        Columns ``label, schedule, eval_set, n_labelled, n_seeds, dice_mean, dice_std,
+        iou_mean, iou_std, pct_of_full, aulc_mean, aulc_std`` (the reference has one row per set
+        with pct_of_full 100).
+    """
+    columns = [
+        "label",
+        "schedule",
+        "eval_set",
+        "n_labelled",
+        "n_seeds",
+        "dice_mean",
+        "dice_std",
+        "iou_mean",
+        "iou_std",
+        "pct_of_full",
+        "aulc_mean",
+        "aulc_std",
+    ]
+    if not len(results):
+        return pd.DataFrame(columns=columns)
+    reference = reference_scores(results)
+    aulcs: dict[tuple[str, str, str], list[float]] = {}
+    for (label, schedule, set_name, _seed), group in results.groupby(
+        ["label", "schedule", "eval_set", "seed"], sort=False
+    ):
+        value = aulc(group["n_labelled"].tolist(), group["dice_mean"].tolist())
+        aulcs.setdefault((str(label), str(schedule), str(set_name)), []).append(value)
+    rows = []
+    for (label, schedule, set_name, n_labelled), group in results.groupby(
+        ["label", "schedule", "eval_set", "n_labelled"], sort=False
+    ):
+        dice = group["dice_mean"].to_numpy(dtype=np.float64)
+        iou = group["iou_mean"].to_numpy(dtype=np.float64)
+        ref = reference.get(str(set_name))
+        area = np.asarray(aulcs[(str(label), str(schedule), str(set_name))], dtype=np.float64)
+        rows.append(
+            {
+                "label": label,
+                "schedule": schedule,
+                "eval_set": set_name,
+                "n_labelled": int(n_labelled),
+                "n_seeds": int(dice.size),
+                "dice_mean": float(dice.mean()),
+                "dice_std": _std(dice),
+                "iou_mean": float(iou.mean()),
+                "iou_std": _std(iou),
+                "pct_of_full": 100.0 * float(dice.mean()) / ref[0] if ref and ref[0] > 0 else None,
+                "aulc_mean": float(area.mean()),
+                "aulc_std": _std(area),
+            }
+        )
+    table = pd.DataFrame(rows, columns=columns)
+    # The reference last; strategies in order of appearance.
+    order = list(dict.fromkeys([*(set_order or []), *results["eval_set"].tolist()]))
+    table["_set"] = table["eval_set"].map({name: i for i, name in enumerate(order)})
+    table["_ref"] = table["label"] == REFERENCE_LABEL
+    table = table.sort_values(["_set", "_ref", "n_labelled"], kind="stable")
+    return table.drop(columns=["_set", "_ref"]).reset_index(drop=True)
+
+
+def _curve_label(label: str, schedule: str, schedules: Sequence[str]) -> str:
+    return label if len(schedules) <= 1 else f"{label} ({schedule})"
+
+
+def plot_learning_curves(
+    table: pd.DataFrame, path: str | os.PathLike[str], title: str = "", metric: str = "dice"
+) -> Path:
+    """Learning curves (mean ± std over seeds per strategy) with the full-data band.
+
+    One panel per evaluation set; x = labelled images, y = Dice. Drawn with matplotlib's Agg
+    canvas (no pyplot, no display, no global backend change).
+
+    Args:
+        table: a frame from :func:`summary_table`.
+        path: the PNG to write (atomically).
+        title: figure title.
+        metric: ``"dice"`` or ``"iou"``.
+
+    Returns:
+        The written path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sets = list(dict.fromkeys(table["eval_set"].tolist())) or ["(no results)"]
+    figure = Figure(figsize=(5.5 * len(sets), 4.2), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(sets), squeeze=False)[0]
+    curves = table[table["label"] != REFERENCE_LABEL]
+    schedules = list(dict.fromkeys(curves["schedule"].tolist()))
+    for axis, set_name in zip(axes, sets):
+        part = curves[curves["eval_set"] == set_name]
+        for (label, schedule), group in part.groupby(["label", "schedule"], sort=False):
+            group = group.sort_values("n_labelled")
+            x = group["n_labelled"].to_numpy(dtype=np.float64)
+            y = group[f"{metric}_mean"].to_numpy(dtype=np.float64)
+            err = group[f"{metric}_std"].to_numpy(dtype=np.float64)
+            (line,) = axis.plot(
+                x, y, marker="o", label=_curve_label(str(label), str(schedule), schedules)
+            )
+            axis.fill_between(x, y - err, y + err, color=line.get_color(), alpha=0.2)
+        reference = table[(table["label"] == REFERENCE_LABEL) & (table["eval_set"] == set_name)]
+        if len(reference):
+            mean = float(reference[f"{metric}_mean"].iloc[0])
+            std = float(reference[f"{metric}_std"].iloc[0])
+            n_full = int(reference["n_labelled"].iloc[0])
+            axis.axhline(mean, color="black", linestyle="--", linewidth=1)
+            axis.axhspan(
+                mean - std, mean + std, color="grey", alpha=0.25, label=f"full data (n={n_full})"
+            )
+        budgets = sorted({int(n) for n in part["n_labelled"]})
+        if 0 < len(budgets) <= 12:
+            axis.set_xticks(budgets)
+        axis.set_title(str(set_name))
+        axis.set_xlabel("labelled images")
+        axis.set_ylabel(metric.capitalize())
+        axis.grid(alpha=0.3)
+        axis.legend(loc="best", fontsize="small")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.tmp")
+    figure.savefig(temp, format="png")
+    os.replace(temp, target)
+    return target
+
+
+def _cell(mean: Any, std: Any, pct: Any = None) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    text = f"{mean:.3f} ± {std:.3f}"
+    if pct is not None and not (isinstance(pct, float) and math.isnan(pct)):
+        text += f" ({pct:.1f} %)"
+    return text
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """One markdown table per evaluation set: Dice (% of full) per budget, and AULC."""
+    lines: list[str] = []
+    for set_name, part in table.groupby("eval_set", sort=False):
+        curves = part[part["label"] != REFERENCE_LABEL]
+        budgets = sorted({int(n) for n in curves["n_labelled"]})
+        schedules = list(dict.fromkeys(curves["schedule"].tolist()))
+        lines += [f"### {set_name}", ""]
+        header = ["strategy", *[f"n={n}" for n in budgets], "AULC"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] * len(header)) + "|")
+        for (label, schedule), group in curves.groupby(["label", "schedule"], sort=False):
+            by_n = {int(row.n_labelled): row for row in group.itertuples()}
+            cells = [_curve_label(str(label), str(schedule), schedules)]
+            for n in budgets:
+                row = by_n.get(n)
+                cells.append(_cell(row.dice_mean, row.dice_std, row.pct_of_full) if row else "")
+            first = group.iloc[0]
+            cells.append(_cell(first["aulc_mean"], first["aulc_std"]))
+            lines.append("| " + " | ".join(cells) + " |")
+        reference = part[part["label"] == REFERENCE_LABEL]
+        if len(reference):
+            row = reference.iloc[0]
+            lines += [
+                "",
+                f"Full-data reference (n={int(row['n_labelled'])}, {int(row['n_seeds'])} "
+                f"seed(s)): Dice {_cell(row['dice_mean'], row['dice_std'])}.",
+            ]
+        lines.append("")
+    return "\n".join(lines)
