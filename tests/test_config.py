@@ -158,3 +158,13 @@ def test_expand_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("ALFRAME_DATA")
     with pytest.raises(ConfigError, match=r"ALFRAME_DATA.*not set"):
         expand_path("${ALFRAME_DATA}/x")
+
+
+def test_recipe_reference_is_current() -> None:
+    from alframe.config.reference import recipe_reference
+
+    text = (REPO / "docs" / "recipes.md").read_text()
+    assert text == recipe_reference(), (
+        "regenerate: python -m alframe.config.reference > docs/recipes.md"
+    )
+    assert "`data.datasets.<name>`" in text and "`train`" in text
