@@ -114,6 +114,10 @@ def main() -> int:
         f"{size}×{size}; at most {args.epochs} epochs; seed {args.seed}; {doc['machine']}. "
         "Validation = a seeded 10 % of the training images (grouped by image).",
         "",
+        "Train times are wall-clock on the machine named above and depend on what else it runs "
+        "(the published run shared its 2 cores with other jobs, with `OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}`); compare them only within one run.",
+        "",
         "| setting | trained on | n train | epochs | val Dice | evaluated on | n | Dice (mean ± std) | IoU (mean ± std) | train time |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
