@@ -79,6 +79,9 @@ def test_train_then_evaluate(
     assert code == 0, err
     assert "target_test" in out
     out_csv = tmp_path / "folder.csv"
+    # A folder whose name is not a data set of the recipe: a new site evaluated ad hoc.
+    new_site = tmp_path / "new_site"
+    shutil.copytree(synthetic_data / "source", new_site)
     code, out, err = run_cli(
         [
             "evaluate",

@@ -248,11 +248,15 @@ def evaluate_checkpoint(
         from alframe.data import SegmentationDataset, discover_samples
 
         entry = folder_dataset_config(folder, like=recipe.data.datasets[recipe.data.train.dataset])
-        samples = discover_samples(folder.name or "data", entry, folder.parent)
-        dataset = SegmentationDataset(samples, recipe.data, recipe.augment.eval, train=False)
-        loaders: dict[str, Any] = {
-            folder.resolve().name: DataLoader(dataset, batch_size=recipe.train.batch_size)
-        }
+        name = folder.resolve().name or "data"
+        # The folder becomes one more data set of (a copy of) the checkpoint's data config, so it
+        # is read and preprocessed exactly like the data the model was trained on.
+        data_cfg = recipe.data.model_copy(
+            update={"datasets": {**recipe.data.datasets, name: entry}}
+        )
+        samples = discover_samples(name, entry, folder.parent)
+        dataset = SegmentationDataset(samples, data_cfg, recipe.augment.eval, train=False)
+        loaders: dict[str, Any] = {name: DataLoader(dataset, batch_size=recipe.train.batch_size)}
     else:
         loaders = SegmentationDataModule(recipe).eval_dataloaders()
         if data != "all":
