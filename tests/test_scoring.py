@@ -103,10 +103,11 @@ def test_knn_terms_match_brute_force(points: np.ndarray) -> None:
         density(points, epsilon=0.0)
 
 
+@pytest.mark.parametrize("method", ["lazy", "eager"])
 @pytest.mark.parametrize("first_pick", ["mean", "random"])
-def test_k_center_cold_start_equals_naive(points: np.ndarray, first_pick: str) -> None:
+def test_k_center_cold_start_equals_naive(points: np.ndarray, first_pick: str, method: str) -> None:
     labelled = np.zeros(len(points), bool)
-    result = k_center_greedy(points, labelled, 25, first_pick=first_pick, seed=3)  # type: ignore[arg-type]
+    result = k_center_greedy(points, labelled, 25, first_pick=first_pick, seed=3, method=method)  # type: ignore[arg-type]
     picks, nearest = naive_k_center(points, labelled, 25, first=int(result.indices[0]))
     assert result.indices.tolist() == picks
     np.testing.assert_allclose(result.min_distances, nearest, rtol=1e-4, atol=1e-4)
@@ -120,10 +121,11 @@ def test_k_center_cold_start_equals_naive(points: np.ndarray, first_pick: str) -
         np.testing.assert_array_equal(again.indices, result.indices)
 
 
-def test_k_center_with_labelled_equals_naive(points: np.ndarray) -> None:
+@pytest.mark.parametrize("method", ["lazy", "eager"])
+def test_k_center_with_labelled_equals_naive(points: np.ndarray, method: str) -> None:
     labelled = np.zeros(len(points), bool)
     labelled[[5, 17, 300, 301, 799]] = True
-    result = k_center_greedy(points, labelled, 40)
+    result = k_center_greedy(points, labelled, 40, method=method)  # type: ignore[arg-type]
     picks, nearest = naive_k_center(points, labelled, 40, first=None)
     assert result.indices.tolist() == picks
     assert result.first_pick == "farthest"
@@ -169,6 +171,32 @@ def test_triangle_pruning_is_exact_and_skips_work_on_clustered_data() -> None:
     assert states[True].rows_updated < 0.5 * states[False].rows_updated
     picks_naive, _ = naive_k_center(points, labelled, 60, first=None)
     assert k_center_greedy(points, labelled, 60).indices.tolist() == picks_naive
+
+
+@pytest.mark.parametrize("kind", ["sphere", "blobs"])
+def test_lazy_k_center_equals_eager_and_naive_and_skips_work(kind: str) -> None:
+    rng = np.random.default_rng(5)
+    if kind == "sphere":  # unstructured high-dimensional data: eager pruning cannot help
+        points = rng.standard_normal((3000, 64))
+    else:
+        centres = 3.0 * rng.standard_normal((25, 64))
+        points = centres[rng.integers(0, 25, 3000)] + 0.2 * rng.standard_normal((3000, 64))
+    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    labelled = np.zeros(3000, bool)
+    labelled[[1, 2, 3]] = True
+    lazy = k_center_greedy(points, labelled, 150, method="lazy")
+    eager = k_center_greedy(points, labelled, 150, method="eager")
+    picks_naive, nearest = naive_k_center(points, labelled, 150, first=None)
+    assert lazy.indices.tolist() == eager.indices.tolist() == picks_naive
+    np.testing.assert_allclose(lazy.pick_distances, eager.pick_distances, rtol=1e-4)
+    np.testing.assert_allclose(lazy.min_distances, nearest, rtol=1e-4, atol=1e-4)
+
+    from alframe.scoring.lazy_kcenter import LazyFarthestFirst
+
+    state = LazyFarthestFirst(points, squared_row_norms(points), labelled, 150)
+    for _ in range(150):
+        state.add_centre(state.exact_top())
+    assert state.refreshed_rows < 0.6 * 3000 * 150  # fewer than one pass per pick
 
 
 def test_k_center_input_errors(points: np.ndarray) -> None:

@@ -24,6 +24,7 @@ from alframe.scoring.distances import (
     squared_distances_to_rows,
     squared_row_norms,
 )
+from alframe.scoring.lazy_kcenter import LazyFarthestFirst
 
 FirstPick = Literal["mean", "random"] | int
 Combine = Literal["mul", "add"]
@@ -353,6 +354,7 @@ def k_center_greedy(
     first_pick: FirstPick = "mean",
     seed: int | np.random.Generator = 0,
     blas_threads: int | None = GREEDY_BLAS_THREADS,
+    method: Literal["lazy", "eager"] = "lazy",
 ) -> KCenterResult:
     """Greedy k-center (farthest-first traversal): each pick maximises the distance to its
     nearest centre, centres being the labelled items and the earlier picks.
@@ -368,13 +370,84 @@ def k_center_greedy(
         seed: seed or Generator for ``first_pick="random"``.
         blas_threads: BLAS threads during the loop (``None`` = leave the setting alone); see
             :func:`alframe.scoring.distances.blas_thread_limit`.
+        method: ``"lazy"`` (default; upper bounds refreshed only for the leading candidates,
+            see :mod:`alframe.scoring.lazy_kcenter`) or ``"eager"`` (one pass over the pool per
+            pick, with triangle-inequality pruning). Both return the same picks.
 
     Returns:
         The picks, their distances at pick time and the final nearest-centre distances.
         Ties → lowest index. Cost: ``budget`` passes over ``embeddings``; memory O(N).
     """
-    with blas_thread_limit(blas_threads):
-        return _k_center_greedy(embeddings, labelled, budget, first_pick, seed)
+    if method not in ("lazy", "eager"):
+        raise ConfigError(f"k-center method must be 'lazy' or 'eager', got {method!r}")
+    return _k_center_greedy(embeddings, labelled, budget, first_pick, seed, method, blas_threads)
+
+
+def _resolve_first_pick(
+    embeddings: np.ndarray,
+    labelled: np.ndarray,
+    norms: np.ndarray,
+    first_pick: FirstPick,
+    seed: int | np.random.Generator,
+) -> tuple[int | None, str]:
+    """The cold-start (or explicitly given) first pick; ``None`` = farthest from the labelled."""
+    if isinstance(first_pick, int | np.integer) and not isinstance(first_pick, bool):
+        first = int(first_pick)
+        if not 0 <= first < embeddings.shape[0] or labelled[first]:
+            raise ConfigError(f"first_pick {first} is not an unlabelled pool row")
+        return first, "given"
+    if first_pick not in ("mean", "random"):
+        raise ConfigError(
+            f"first_pick must be 'mean', 'random' or an unlabelled row, got {first_pick!r}"
+        )
+    if labelled.any():
+        return None, "farthest"
+    candidate_rows = np.flatnonzero(~labelled)
+    if first_pick == "mean":
+        return point_nearest_mean(embeddings, candidate_rows, norms), "mean"
+    generator = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return int(generator.choice(candidate_rows)), "random"
+
+
+def _lazy_k_center_greedy(
+    embeddings: np.ndarray,
+    labelled: np.ndarray,
+    budget: int,
+    first_pick: FirstPick,
+    seed: int | np.random.Generator,
+    blas_threads: int | None,
+) -> KCenterResult:
+    norms = squared_row_norms(embeddings)
+    first, how = _resolve_first_pick(embeddings, labelled, norms, first_pick, seed)
+    lazy = LazyFarthestFirst(embeddings, norms, labelled, budget)
+    exact_centres = ExactCentres(embeddings, np.flatnonzero(labelled), 1, budget)
+    norm_scale = float(norms.max())
+    picks = np.empty(budget, dtype=np.int64)
+    pick_distances = np.empty(budget, dtype=np.float64)
+    with blas_thread_limit(blas_threads):  # many small products: one thread is faster
+        for step in range(budget):
+            if step == 0 and first is not None:
+                pick = first
+            else:
+                pick = lazy.exact_top()
+                top = lazy.value(pick)
+                if exact_centres.has_centres and np.isfinite(top):
+                    # Same near-tie rule as the eager version: re-rank in float64.
+                    near = lazy.rows_at_least(top - NEAR_TIE_RELATIVE * (top + norm_scale))
+                    if 2 <= near.size <= NEAR_TIE_MAX_ROWS:
+                        pick = int(near[int(np.argmax(exact_centres.min_squared(0, near)))])
+            picks[step] = pick
+            pick_distances[step] = float(np.sqrt(lazy.value(pick)))
+            lazy.add_centre(pick)
+            exact_centres.add(0, pick)
+    # One large, compute-bound product brings every distance up to date: all BLAS threads.
+    squared = lazy.final_squared_distances(labelled, picks)
+    return KCenterResult(
+        indices=picks,
+        pick_distances=pick_distances,
+        min_distances=np.sqrt(squared).astype(np.float64),
+        first_pick=how,
+    )
 
 
 def _k_center_greedy(
@@ -383,9 +456,10 @@ def _k_center_greedy(
     budget: int,
     first_pick: FirstPick,
     seed: int | np.random.Generator,
+    method: str,
+    blas_threads: int | None,
 ) -> KCenterResult:
     labelled = _check_inputs(embeddings, labelled, budget)
-    n_items = embeddings.shape[0]
     if budget == 0:
         distances = np.sqrt(
             min_squared_distances_to_set(
@@ -393,35 +467,29 @@ def _k_center_greedy(
             )
         ).astype(np.float64)
         return KCenterResult(np.empty(0, np.int64), np.empty(0), distances, "none")
+    if method == "lazy":
+        return _lazy_k_center_greedy(embeddings, labelled, budget, first_pick, seed, blas_threads)
+    with blas_thread_limit(blas_threads):
+        return _eager_k_center_greedy(embeddings, labelled, budget, first_pick, seed)
+
+
+def _eager_k_center_greedy(
+    embeddings: np.ndarray,
+    labelled: np.ndarray,
+    budget: int,
+    first_pick: FirstPick,
+    seed: int | np.random.Generator,
+) -> KCenterResult:
     state = CoverageState(embeddings, labelled, n_runs=1)
-    candidate_rows = np.flatnonzero(~labelled)
     picks = np.empty(budget, dtype=np.int64)
     pick_distances = np.empty(budget, dtype=np.float64)
     exact_centres = ExactCentres(embeddings, np.flatnonzero(labelled), 1, budget)
     norm_scale = float(state.norms.max())
-
-    if isinstance(first_pick, int | np.integer) and not isinstance(first_pick, bool):
-        first = int(first_pick)
-        if not 0 <= first < n_items or labelled[first]:
-            raise ConfigError(f"first_pick {first} is not an unlabelled pool row")
-        how = "given"
-    elif labelled.any():
+    first, how = _resolve_first_pick(embeddings, labelled, state.norms, first_pick, seed)
+    if first is None:
         first = farthest_candidate(
             state.min_squared[0], state.candidate[0], exact_centres, norm_scale
         )
-        how = "farthest"
-    elif first_pick == "mean":
-        first = point_nearest_mean(embeddings, candidate_rows, state.norms)
-        how = "mean"
-    elif first_pick == "random":
-        generator = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        first = int(generator.choice(candidate_rows))
-        how = "random"
-    else:
-        raise ConfigError(
-            f"first_pick must be 'mean', 'random' or an unlabelled row, got {first_pick!r}"
-        )
-
     pick = first
     for step in range(budget):
         if step > 0:

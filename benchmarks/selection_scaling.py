@@ -1,0 +1,610 @@
+"""Selection scaling benchmark: wall time and peak memory of CoreSet and XSSR on large pools.
+
+Every configuration (pool size × data kind × method) runs in its own subprocess so that its peak
+resident memory can be measured on its own (``os.wait4`` rusage of that child; the child also
+reports its /proc VmHWM). Results go to ``docs/benchmarks/selection_scaling.json`` and ``.md``.
+
+Methods:
+    pass_baseline      one ``((X - x) ** 2).sum(1)`` pass and one ``X @ x`` pass, timed
+                       (median of repeats) and multiplied by the budget;
+    coreset            ``alframe.strategies.create("coreset")`` (k-center greedy);
+    xssr_fixed         XSSR with alpha = 0.5 (density kNN + novelty + greedy);
+    xssr_auto          XSSR with alpha = "auto" (grid of 11, seeded calibration subsample);
+    skactiveml_coreset scikit-activeml's ``CoreSet`` from the same first pick as ours (only
+                       when ``skactiveml`` is importable; never a project dependency).
+
+Usage:
+    python benchmarks/selection_scaling.py                 # full run (~20 min on 2 cores)
+    python benchmarks/selection_scaling.py --quick         # tiny smoke run → benchmarks/_work/
+    python benchmarks/selection_scaling.py --sizes 10000 100000 --budget 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT_DIR = REPO_ROOT / "docs" / "benchmarks"
+QUICK_OUT_DIR = REPO_ROOT / "benchmarks" / "_work"
+METHODS = ("pass_baseline", "coreset", "xssr_fixed", "xssr_auto", "skactiveml_coreset")
+DATA_KINDS = ("uniform", "clustered")
+N_CLUSTERS = 100
+GIB = 1024**3
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def make_pool(kind: str, n_items: int, dim: int, seed: int) -> np.ndarray:
+    """(N, D) float32 L2-normalised embeddings, generated chunk by chunk (no float64 copy).
+
+    ``uniform``: uniform on the unit sphere. ``clustered``: 100 clusters of unequal size around
+    random unit centres (noise norm ≈ 0.5 before normalisation).
+    """
+    rng = np.random.default_rng(seed)
+    pool = np.empty((n_items, dim), dtype=np.float32)
+    chunk = 65_536
+    if kind == "clustered":
+        centres = rng.standard_normal((N_CLUSTERS, dim), dtype=np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        weights = rng.dirichlet(np.full(N_CLUSTERS, 2.0))
+        noise_scale = np.float32(0.5 / np.sqrt(dim))
+    for start in range(0, n_items, chunk):
+        stop = min(start + chunk, n_items)
+        block = rng.standard_normal((stop - start, dim), dtype=np.float32)
+        if kind == "clustered":
+            labels = rng.choice(N_CLUSTERS, size=stop - start, p=weights)
+            block *= noise_scale
+            block += centres[labels]
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        pool[start:stop] = block
+    return pool
+
+
+def make_source(pool_kind: str, n_source: int, dim: int, seed: int) -> np.ndarray:
+    """A source set that overlaps part of the target distribution and is shifted elsewhere."""
+    source = make_pool(pool_kind, n_source, dim, seed + 1)
+    shift = np.random.default_rng(seed + 2).standard_normal(dim).astype(np.float32)
+    source[: n_source // 2] += 0.5 * shift / np.linalg.norm(shift)
+    source /= np.linalg.norm(source, axis=1, keepdims=True)
+    return source
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def proc_status_bytes(field: str) -> int | None:
+    """A ``VmHWM``/``VmRSS``-style field of /proc/self/status in bytes (None off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Runs one configuration in this (fresh) process and returns its measurements."""
+    warnings.simplefilter("ignore")
+    method, n_items, dim, budget, seed = (
+        config["method"],
+        config["size"],
+        config["dim"],
+        config["budget"],
+        config["seed"],
+    )
+    started = time.perf_counter()
+    pool = make_pool(config["data"], n_items, dim, seed)
+    result: dict[str, Any] = {
+        "data_seconds": time.perf_counter() - started,
+        "rss_after_data_bytes": proc_status_bytes("VmRSS"),
+    }
+
+    if method == "pass_baseline":
+        x = pool[n_items // 2].copy()
+        naive = []
+        for _ in range(config.get("baseline_repeats", 3)):
+            start = time.perf_counter()
+            ((pool - x) ** 2).sum(1)
+            naive.append(time.perf_counter() - start)
+        from alframe.scoring.distances import blas_thread_limit
+
+        gemv_by_threads = {}
+        for threads in (None, 1):  # default BLAS threads, and one thread as in the greedy loops
+            gemv = []
+            with blas_thread_limit(threads):
+                for _ in range(5):
+                    start = time.perf_counter()
+                    pool @ x
+                    gemv.append(time.perf_counter() - start)
+            gemv_by_threads["default" if threads is None else str(threads)] = float(np.median(gemv))
+        result["naive_pass_seconds"] = float(np.median(naive))
+        result["gemv_pass_seconds_by_threads"] = gemv_by_threads
+        result["gemv_pass_seconds"] = min(gemv_by_threads.values())
+        result["seconds"] = result["naive_pass_seconds"] * budget
+        result["gemv_seconds_times_budget"] = result["gemv_pass_seconds"] * budget
+
+    elif method == "skactiveml_coreset":
+        from skactiveml.pool import CoreSet
+
+        reference = np.load(config["reference_picks"])
+        y = np.full(n_items, np.nan)
+        y[int(reference[0])] = 0.0  # same first pick: make it the one labelled item
+        start, cpu_start = time.perf_counter(), time.process_time()
+        picks = CoreSet(random_state=seed).query(pool, y, batch_size=budget - 1)
+        result["seconds"] = time.perf_counter() - start
+        result["cpu_seconds"] = time.process_time() - cpu_start
+        ours = reference[1:]
+        theirs = np.asarray(picks)
+        result["same_picks"] = bool(np.array_equal(theirs, ours))
+        prefix = int(np.argmin(np.append(theirs == ours, False)))
+        result["matching_prefix"] = prefix
+        if prefix < ours.size:
+            # How different were the two choices? Exact float64 distances to the common centres.
+            centres = pool[reference[: prefix + 1]].astype(np.float64)
+            gaps = [
+                np.sqrt(((centres - pool[row].astype(np.float64)) ** 2).sum(1).min())
+                for row in (ours[prefix], theirs[prefix])
+            ]
+            result["first_mismatch_relative_gap"] = float(abs(gaps[0] - gaps[1]) / max(gaps))
+            result["first_mismatch_ours_exactly_farther"] = bool(gaps[0] >= gaps[1])
+
+    else:
+        from alframe import strategies
+        from alframe.types import QueryContext
+
+        source = None
+        if method.startswith("xssr"):
+            source = make_source(config["data"], config["source_size"], dim, seed)
+        start = time.perf_counter()
+        ctx = QueryContext(
+            embeddings=pool,
+            labelled=np.zeros(n_items, dtype=bool),
+            source_embeddings=source,
+            seed=seed,
+        )
+        result["context_seconds"] = time.perf_counter() - start
+        params: dict[str, Any] = {}
+        if method == "xssr_fixed":
+            params = {"alpha": 0.5}
+        elif method == "xssr_auto":
+            params = {"alpha": "auto", "calibration_subsample": config["calibration_subsample"]}
+        strategy = strategies.create(method.split("_")[0], **params)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        selection = strategy.select(ctx, budget)
+        result["seconds"] = time.perf_counter() - start
+        result["cpu_seconds"] = time.process_time() - cpu_start
+        if method == "coreset" and config.get("save_picks"):
+            np.save(config["save_picks"], selection.indices)
+        info = selection.info
+        for key in (
+            "alpha",
+            "coverage_cost",
+            "covering_radius",
+            "calibration",
+            "first_pick",
+            "seconds",
+        ):
+            if key in info:
+                result["phase_seconds" if key == "seconds" else key] = info[key]
+    result["vmhwm_bytes"] = proc_status_bytes("VmHWM")
+    result["load_average_1min"] = os.getloadavg()[0]
+    return result
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def run_in_subprocess(config: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Runs one configuration in a child process; returns its result plus the child's peak RSS."""
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(config)],
+            stdout=stdout,
+            stderr=stderr,
+            cwd=REPO_ROOT,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                pid, status, usage = os.wait4(process.pid, 0)
+                process.returncode = -9
+                return {**config, "error": f"timed out after {timeout:.0f} s"}
+            time.sleep(0.1)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        output = stdout.read().decode()
+        if process.returncode != 0:
+            tail = stderr.read().decode()[-2000:]
+            return {**config, "error": f"exit code {process.returncode}: {tail}"}
+    result = json.loads(output.strip().splitlines()[-1])
+    result["peak_rss_bytes"] = usage.ru_maxrss * 1024  # Linux reports KiB
+    return {**config, **result}
+
+
+def machine_info() -> dict[str, Any]:
+    import faiss
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "faiss": faiss.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gib"] = round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    if importlib.util.find_spec("skactiveml") is not None:
+        import skactiveml
+
+        info["skactiveml"] = skactiveml.__version__
+    return info
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3g}" if value < 10 else f"{value:.0f}"
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    params, results = report["params"], report["results"]
+    budget = params["budget"]
+    index = {(r["size"], r["data"], r["method"]): r for r in results}
+    lines = [
+        "# Selection scaling: CoreSet and XSSR",
+        "",
+        f"Generated by `benchmarks/selection_scaling.py` on {report['date']}.",
+        f"Machine: {report['machine'].get('cpu', '?')}, {report['machine']['cpu_count']} cores, "
+        f"{report['machine'].get('memory_gib', '?')} GiB; numpy {report['machine']['numpy']}, "
+        f"faiss {report['machine']['faiss']}"
+        + (
+            f", scikit-activeml {report['machine']['skactiveml']}."
+            if "skactiveml" in report["machine"]
+            else ". scikit-activeml: not installed, comparison skipped."
+        ),
+        f"Pool: N × {params['dim']} float32, L2-normalised; budget B = {budget}; cold start (no "
+        f"labelled item); XSSR source set: {params['source_size']} items; XSSR auto-alpha "
+        f"calibration subsample: {params['calibration_subsample']} items (seeded, budget scaled "
+        "by the same fraction). Each configuration runs in its own process; *peak RSS* is that "
+        "process's maximum resident set (data generation, imports and selection included); "
+        "*matrix* is N·D·4 bytes.",
+        "",
+        "## Results",
+        "",
+        "| N | data | method | select time (s) | CPU time (s) | load | peak RSS (GiB) "
+        "| peak RSS / matrix | notes |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        matrix = r["size"] * params["dim"] * 4
+        if "error" in r:
+            lines.append(
+                f"| {r['size']:,} | {r['data']} | {r['method']} | — | — | — | "
+                f"{r['error'].splitlines()[0][:80]} |"
+            )
+            continue
+        notes = []
+        if r["method"] == "pass_baseline":
+            notes.append(
+                f"one `((X-x)**2).sum(1)` pass {fmt_seconds(r['naive_pass_seconds'])} s, "
+                f"one `X @ x` pass {fmt_seconds(r['gemv_pass_seconds'])} s; time shown = "
+                f"naive pass × B"
+            )
+        if "alpha" in r:
+            notes.append(f"α = {r['alpha']}")
+        if r.get("phase_seconds"):
+            notes.append(
+                "phases: "
+                + ", ".join(f"{k} {fmt_seconds(v)} s" for k, v in r["phase_seconds"].items())
+            )
+        if r.get("calibration"):
+            cal = r["calibration"]
+            notes.append(
+                f"calibrated on {cal['items']:,} items, B' = {cal['budget']}"
+                + (" (subsample)" if cal["subsampled"] else "")
+            )
+        if r["method"] == "skactiveml_coreset":
+            notes.append(
+                "same picks as ours"
+                if r["same_picks"]
+                else f"first {r['matching_prefix']} picks identical, then a near-tie "
+                f"(relative gap {r.get('first_mismatch_relative_gap', float('nan')):.1e}; "
+                + (
+                    "our pick is the farther one in exact float64)"
+                    if r.get("first_mismatch_ours_exactly_farther")
+                    else "scikit-activeml's pick is the farther one in exact float64)"
+                )
+            )
+        rss = r.get("peak_rss_bytes")
+        lines.append(
+            f"| {r['size']:,} | {r['data']} | {r['method']} | {fmt_seconds(r.get('seconds'))} | "
+            f"{fmt_seconds(r.get('cpu_seconds'))} | {r.get('load_average_1min', 0):.1f} | "
+            f"{rss / GIB:.2f} | {rss / matrix:.2f} | {'; '.join(notes)} |"
+        )
+
+    lines += [
+        "",
+        "## Ratios",
+        "",
+        "| N | data | coreset (s) | naive pass × B (s) | coreset / naive passes | `X @ x` pass × B (s) "
+        "| coreset / GEMV passes | scikit-activeml (s) | speed-up | same picks |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for size in params["sizes"]:
+        for data in params["data"]:
+            coreset = index.get((size, data, "coreset"))
+            baseline = index.get((size, data, "pass_baseline"))
+            sk = index.get((size, data, "skactiveml_coreset"))
+            if not coreset or "error" in coreset:
+                continue
+            row = [f"{size:,}", data, fmt_seconds(coreset["seconds"])]
+            if baseline and "error" not in baseline:
+                naive_total = baseline["naive_pass_seconds"] * budget
+                gemv_total = baseline["gemv_pass_seconds"] * budget
+                row += [
+                    fmt_seconds(naive_total),
+                    f"{coreset['seconds'] / naive_total:.2f}",
+                    fmt_seconds(gemv_total),
+                    f"{coreset['seconds'] / gemv_total:.2f}",
+                ]
+            else:
+                row += ["—"] * 4
+            if sk and "error" not in sk:
+                row += [
+                    fmt_seconds(sk["seconds"]),
+                    f"{sk['seconds'] / coreset['seconds']:.1f}×",
+                    "yes" if sk["same_picks"] else f"first {sk['matching_prefix']}",
+                ]
+            else:
+                row += ["—", "—", "—"]
+            lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Targets", ""] + [f"- {line}" for line in report["targets"]]
+    lines += ["", "## Notes", ""] + [f"- {line}" for line in report["notes"]]
+    text = "\n".join(lines) + "\n"
+    # A hand-written "## Discussion" section survives regeneration.
+    if path.exists():
+        previous = path.read_text()
+        marker = previous.find("\n## Discussion")
+        if marker >= 0:
+            text += previous[marker:]
+    path.write_text(text)
+
+
+def evaluate_targets(report: dict[str, Any]) -> list[str]:
+    params, results = report["params"], report["results"]
+    budget, dim = params["budget"], params["dim"]
+    index = {(r["size"], r["data"], r["method"]): r for r in results if "error" not in r}
+    lines = []
+    largest = max(params["sizes"])
+    for data in params["data"]:
+        coreset = index.get((largest, data, "coreset"))
+        baseline = index.get((largest, data, "pass_baseline"))
+        if coreset and baseline:
+            ratio = coreset["seconds"] / (baseline["naive_pass_seconds"] * budget)
+            gemv_ratio = coreset["seconds"] / (baseline["gemv_pass_seconds"] * budget)
+            rss_ratio = coreset["peak_rss_bytes"] / (largest * dim * 4)
+            lines.append(
+                f"CoreSet {largest:,}×{dim}, B={budget} ({data}): {ratio:.2f}× the naive "
+                f"`((X-x)**2).sum(1)` pass per pick (target ≤ 2×: "
+                f"{'met' if ratio <= 2 else 'NOT met'}); {gemv_ratio:.2f}× a bare `X @ x` pass "
+                f"per pick; peak RSS {rss_ratio:.2f}× the matrix (target ≤ 2×: "
+                f"{'met' if rss_ratio <= 2 else 'NOT met'})."
+            )
+        sk = index.get((100_000, data, "skactiveml_coreset"))
+        ours = index.get((100_000, data, "coreset"))
+        if sk and ours:
+            speedup = sk["seconds"] / ours["seconds"]
+            lines.append(
+                f"CoreSet vs scikit-activeml at 100,000 ({data}): {speedup:.1f}× faster "
+                f"(target ≥ 10×: {'met' if speedup >= 10 else 'NOT met'}); "
+                + (
+                    "identical picks."
+                    if sk["same_picks"]
+                    else f"first {sk['matching_prefix']} picks identical."
+                )
+            )
+        auto = index.get((largest, data, "xssr_auto"))
+        if auto:
+            lines.append(
+                f"XSSR auto-alpha at {largest:,} ({data}): {fmt_seconds(auto['seconds'])} s, "
+                f"peak RSS {auto['peak_rss_bytes'] / (largest * dim * 4):.2f}× the matrix."
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--budget", type=int, default=1000)
+    parser.add_argument("--data", nargs="+", choices=DATA_KINDS, default=list(DATA_KINDS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--source-size", type=int, default=1000)
+    parser.add_argument("--calibration-subsample", type=int, default=100_000)
+    parser.add_argument("--skactiveml-max-size", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per configuration")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="default docs/benchmarks (benchmarks/_work with --quick)",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument(
+        "--merge-into",
+        type=Path,
+        help="replace the matching (size, data, method) rows of this earlier JSON report with "
+        "the new measurements and rewrite it (and its .md) instead of writing a new report",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(run_worker(json.loads(args.worker))))
+        return 0
+    if args.quick:
+        args.sizes, args.dim, args.budget = [2_000, 5_000], 32, 20
+        args.source_size, args.calibration_subsample = 200, 2_000
+    if args.out_dir is None:
+        args.out_dir = QUICK_OUT_DIR if args.quick else DEFAULT_OUT_DIR
+
+    has_skactiveml = importlib.util.find_spec("skactiveml") is not None
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine_info(),
+        "params": {
+            "sizes": args.sizes,
+            "dim": args.dim,
+            "budget": args.budget,
+            "data": args.data,
+            "source_size": args.source_size,
+            "calibration_subsample": args.calibration_subsample,
+            "seed": args.seed,
+            "quick": args.quick,
+        },
+        "results": [],
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    picks_dir = Path(tempfile.mkdtemp(prefix="selection_scaling_"))
+    for size in args.sizes:
+        for data in args.data:
+            for method in args.methods:
+                if method == "skactiveml_coreset" and (
+                    not has_skactiveml
+                    or size > args.skactiveml_max_size
+                    or "coreset" not in args.methods
+                ):
+                    continue
+                picks_file = str(picks_dir / f"coreset_{size}_{data}.npy")
+                config = {
+                    "method": method,
+                    "size": size,
+                    "data": data,
+                    "dim": args.dim,
+                    "budget": args.budget,
+                    "seed": args.seed,
+                    "source_size": args.source_size,
+                    "calibration_subsample": args.calibration_subsample,
+                    "save_picks": picks_file if method == "coreset" else None,
+                    "reference_picks": picks_file,
+                }
+                started = time.perf_counter()
+                result = run_in_subprocess(config, args.timeout)
+                for key in ("save_picks", "reference_picks"):
+                    result.pop(key, None)
+                report["results"].append(result)
+                status = result.get("error") or (
+                    f"{fmt_seconds(result.get('seconds'))} s, peak RSS "
+                    f"{result['peak_rss_bytes'] / GIB:.2f} GiB"
+                )
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] N={size:>9,} {data:<9} {method:<18} {status} "
+                    f"(wall {time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
+                # Write as we go so that an interrupted run still leaves its numbers.
+                if args.merge_into:
+                    write_report(merge_reports(args.merge_into, report), args.merge_into)
+                else:
+                    stem = "selection_scaling_quick" if args.quick else "selection_scaling"
+                    write_report(report, args.out_dir / f"{stem}.json")
+    return 0
+
+
+def result_key(result: dict[str, Any]) -> tuple[int, str, str]:
+    return (result["size"], result["data"], result["method"])
+
+
+def merge_reports(base_path: Path, update: dict[str, Any]) -> dict[str, Any]:
+    """The report at ``base_path`` with its rows replaced by ``update``'s matching rows."""
+    base = json.loads(base_path.read_text())
+    replaced = {result_key(r) for r in update["results"]}
+    results = [r for r in base["results"] if result_key(r) not in replaced] + update["results"]
+    sizes, kinds = base["params"]["sizes"], base["params"]["data"]
+    results.sort(
+        key=lambda r: (sizes.index(r["size"]), kinds.index(r["data"]), METHODS.index(r["method"]))
+    )
+    merged = {**base, "results": results, "machine": update["machine"]}
+    first_date = base["date"].split(" (rows re-measured")[0]
+    methods = ", ".join(sorted({method for _, _, method in replaced}))
+    merged["date"] = f"{first_date} (rows re-measured {update['date']}: {methods})"
+    return merged
+
+
+def write_report(report: dict[str, Any], json_path: Path) -> None:
+    """Writes ``report`` as JSON and as markdown next to it (same stem)."""
+    has_skactiveml = "skactiveml" in report["machine"]
+    report["targets"] = evaluate_targets(report)
+    report["notes"] = notes(has_skactiveml)
+    json_path.write_text(json.dumps(report, indent=2))
+    write_markdown(report, json_path.with_suffix(".md"))
+
+
+def notes(has_skactiveml: bool) -> list[str]:
+    lines = [
+        "CoreSet = k-center greedy with incremental nearest-centre distances: one `X @ x` "
+        "matrix-vector product over the pool per pick (‖x‖² + ‖c‖² − 2x·c), O(N) extra memory, "
+        "never an N×N matrix, plus exact triangle-inequality pruning (items whose nearest "
+        "centre is far from the new centre are skipped; effective on clustered pools, nearly "
+        "nothing to skip on uniform 256-d data) and float64 re-ranking of float32 near-ties. "
+        "The greedy loops run BLAS with one thread (see `alframe.scoring.distances."
+        "blas_thread_limit`). The naive baseline `((X-x)**2).sum(1)` allocates and streams "
+        "N×D temporaries, so it is several memory passes; the bare `X @ x` column (the faster "
+        "of default and one BLAS thread) is the stricter one-pass reference.",
+        "XSSR time includes the density kNN over the target pool (exact up to 20,000 items, "
+        "k-means-cell partitioned search above: approximate, see `alframe.index.self_knn`), "
+        "the novelty kNN against the source set (exact) and the greedy. Auto-alpha runs the "
+        "11-value grid in lock-step (one thin matrix product per pick serves all alphas) on a "
+        "seeded subsample when the pool is larger than the calibration subsample, then one "
+        "full-pool greedy with the chosen alpha.",
+        "scikit-activeml's CoreSet is given our first pick as its single labelled item and asked "
+        "for B − 1 more, so both start from the same centre; 'same picks' compares the order. "
+        "At the first differing pick the two candidates' distances to the common centres are "
+        "recomputed in float64: a gap near 1e-8 is below float32 resolution, i.e. a tie that "
+        "float32 arithmetic cannot break. alframe re-ranks such near-ties in float64.",
+        "Times are single runs on a 2-core machine shared with other work (other engineers' "
+        "tests and training jobs ran at the same time): *load* is the 1-minute load average when "
+        "the configuration finished (≈2 = both cores busy with this benchmark alone). *CPU "
+        "time* is the process CPU time of the selection summed over threads; under contention "
+        "wall time grows more than CPU time. Ratios are computed from wall times of the same "
+        "run.",
+    ]
+    if not has_skactiveml:
+        lines.append(
+            "scikit-activeml is not installed here (`pip install scikit-activeml`, benchmark "
+            "only, never a project dependency), so its comparison is missing."
+        )
+    return lines
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
