@@ -11,6 +11,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 # Tests use tiny models: one OpenMP thread is faster than two fighting over 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,14 @@ def cxr_root() -> Path:
     if root is None:
         pytest.skip("ALFRAME_DATA is not set to a folder containing cxr_lungs/")
     return root / "cxr_lungs"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny test models: thread hand-offs dominate on a 2-core machine; restored at the end."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

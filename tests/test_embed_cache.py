@@ -18,15 +18,6 @@ from alframe.embed.cache import EmbeddingCache, EmbeddingKey, ids_hash, preproce
 from alframe.errors import ConfigError, ModelError, StateError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Any:
-    # Tiny tensors: thread hand-offs dominate on a busy 2-core machine; restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _prep(**changes: Any) -> str:
     settings: dict[str, Any] = {
         "image_size": (32, 32),

@@ -27,15 +27,6 @@ from alframe.errors import ModelError
 ENCODER = "tu-resnet10t"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Any:
-    # Tiny tensors: thread hand-offs dominate on a busy 2-core machine; restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class NoiseImages(Dataset[dict[str, Any]]):
     """Seeded random images as SegmentationDataset-style dicts."""
 

@@ -28,16 +28,6 @@ from alframe.errors import ConfigError, DataError, ModelError
 ENCODER = "tu-resnet10t"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Any:
-    # Tiny tensors: with 2 threads on a busy 2-core machine thread hand-offs dominate (measured
-    # 15 s vs 3 s for the same training); restored afterwards for the other test modules.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class BlobImages(Dataset[dict[str, Any]]):
     """Seeded synthetic images: a bright disc on a dark background (a learnable structure)."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +24,6 @@ from alframe.models import (
     summarize,
     write_evaluation,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # The tensors here are tiny: with several OpenMP threads, thread synchronisation (and, on a
-    # busy machine, oversubscription) costs 10x more than the arithmetic.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _square(size: int, top: int, left: int, side: int, value: int = 1) -> np.ndarray:

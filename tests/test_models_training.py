@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,6 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:.*isinstance\\(treespec, LeafSpec\\).*",
     "ignore:.*does not have many workers.*",
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # The tensors here are tiny: with several OpenMP threads, thread synchronisation (and, on a
-    # busy machine, oversubscription) costs 10x more than the arithmetic.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class Squares(Dataset[dict[str, Any]]):
