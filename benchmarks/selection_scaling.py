@@ -571,15 +571,18 @@ def write_report(report: dict[str, Any], json_path: Path) -> None:
 
 def notes(has_skactiveml: bool) -> list[str]:
     lines = [
-        "CoreSet = k-center greedy with incremental nearest-centre distances: one `X @ x` "
-        "matrix-vector product over the pool per pick (‖x‖² + ‖c‖² − 2x·c), O(N) extra memory, "
-        "never an N×N matrix, plus exact triangle-inequality pruning (items whose nearest "
-        "centre is far from the new centre are skipped; effective on clustered pools, nearly "
-        "nothing to skip on uniform 256-d data) and float64 re-ranking of float32 near-ties. "
-        "The greedy loops run BLAS with one thread (see `alframe.scoring.distances."
-        "blas_thread_limit`). The naive baseline `((X-x)**2).sum(1)` allocates and streams "
-        "N×D temporaries, so it is several memory passes; the bare `X @ x` column (the faster "
-        "of default and one BLAS thread) is the stricter one-pass reference.",
+        "CoreSet = exact k-center greedy (farthest-first), lazy variant (default, "
+        "`alframe.scoring.lazy_kcenter`): every candidate keeps an upper bound of its "
+        "nearest-centre distance and is re-checked only against the centres added since its "
+        "last check, and only when it leads; a bulk matrix product refreshes the remaining "
+        "contenders when many lead in turn, and a final product brings all distances up to "
+        "date for the scores and the coverage. So a pick costs far less than a pass over the "
+        "matrix; the eager variant (`method='eager'`: one `X @ x` pass per pick with "
+        "triangle-inequality pruning) gives the same picks. Never an N×N matrix; float32 "
+        "near-ties are re-ranked in float64. The greedy loops run BLAS with one thread (see "
+        "`alframe.scoring.distances.blas_thread_limit`). The naive baseline `((X-x)**2).sum(1)` "
+        "allocates and streams N×D temporaries (several memory passes); the bare `X @ x` column "
+        "(the faster of default and one BLAS thread) is the stricter one-pass reference.",
         "XSSR time includes the density kNN over the target pool (exact up to 20,000 items, "
         "k-means-cell partitioned search above: approximate, see `alframe.index.self_knn`), "
         "the novelty kNN against the source set (exact) and the greedy. Auto-alpha runs the "

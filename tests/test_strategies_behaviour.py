@@ -81,9 +81,21 @@ def test_coreset_with_labelled_items_starts_farthest_from_them(random_pool) -> N
     assert selection.info["first_pick"] == "farthest"
 
 
-def test_coreset_rejects_unknown_first_pick() -> None:
+def test_coreset_rejects_unknown_first_pick_and_method() -> None:
     with pytest.raises(ConfigError, match="first_pick"):
         strategies.create("coreset", first_pick="median")
+    with pytest.raises(ConfigError, match="method"):
+        strategies.create("coreset", method="fast")
+
+
+def test_coreset_lazy_and_eager_agree(random_pool) -> None:
+    labelled = np.zeros(500, bool)
+    labelled[[9, 99]] = True
+    ctx = context(random_pool, labelled)
+    lazy = strategies.create("coreset").select(ctx, 40)
+    eager = strategies.create("coreset", method="eager").select(ctx, 40)
+    np.testing.assert_array_equal(lazy.indices, eager.indices)
+    np.testing.assert_allclose(lazy.scores, eager.scores, rtol=1e-4, atol=1e-5)
 
 
 # --- XSSR --------------------------------------------------------------------------------------

@@ -8,8 +8,11 @@ largest bound; if that bound is stale it is refreshed against the newer centres 
 dot products) and the search repeats, otherwise it is the exact maximum (every other bound is at
 least the true value). On unstructured high-dimensional pools a new centre rarely becomes the
 nearest one of the current leaders, so a pick costs a handful of refreshes instead of a pass
-over the N × D matrix. When a pick needs many refreshes, all stale items are refreshed at once
-with a matrix product, so the worst case stays close to one pass per pick.
+over the N × D matrix. When a pick needs many refreshes, every stale candidate whose bound still
+exceeds the best exact value seen is refreshed at once with a matrix product, so the worst case
+stays close to one pass per pick. The final distances (scores, coverage) come from one last
+bulk refresh. Measured on 100k × 256 pools with B = 1000: 17 % (clustered) to 45 % (uniform) of
+the N·B item-centre distances of the eager version, in far fewer, larger products.
 
 The bounds live in fixed-size blocks with a per-block maximum, so finding the largest bound costs
 O(N / block + block). Ties → lowest index, and float32 near-ties are re-ranked in float64 exactly

@@ -21,6 +21,8 @@ class CoresetStrategy(Strategy):
         first_pick: cold start only (no labelled item): ``"mean"`` = the item nearest the pool
             mean, ``"random"`` = seeded uniform. With labelled items the first pick is the item
             farthest from the labelled set.
+        method: ``"lazy"`` (default, fastest) or ``"eager"`` k-center greedy; same picks (see
+            :func:`alframe.scoring.k_center_greedy`).
 
     Scores: distance to the nearest centre at pick time for picked items (+inf for a cold-start
     first pick), the final nearest-centre distance for the others. ``info`` has the coverage
@@ -28,6 +30,7 @@ class CoresetStrategy(Strategy):
     """
 
     first_pick: Literal["mean", "random"] = "mean"
+    method: Literal["lazy", "eager"] = "lazy"
 
     name: ClassVar[str] = "coreset"
     requires: ClassVar[frozenset[str]] = frozenset({"embeddings"})
@@ -37,10 +40,17 @@ class CoresetStrategy(Strategy):
             raise ConfigError(
                 f"coreset first_pick must be 'mean' or 'random', got {self.first_pick!r}"
             )
+        if self.method not in ("lazy", "eager"):
+            raise ConfigError(f"coreset method must be 'lazy' or 'eager', got {self.method!r}")
 
     def _select(self, ctx: QueryContext, budget: int) -> Selection:
         result = k_center_greedy(
-            ctx.embeddings, ctx.labelled, budget, first_pick=self.first_pick, seed=ctx.rng
+            ctx.embeddings,
+            ctx.labelled,
+            budget,
+            first_pick=self.first_pick,
+            seed=ctx.rng,
+            method=self.method,
         )
         scores = result.min_distances.copy()
         scores[result.indices] = result.pick_distances
