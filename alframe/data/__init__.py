@@ -7,8 +7,9 @@ or splits.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from alframe._lazy import lazy_exports
 from alframe.data.catalog import DataCatalog
 from alframe.data.io import (
     clear_volume_cache,
@@ -31,15 +32,11 @@ from alframe.data.transforms import build_step, build_transforms, normalize_inte
 if TYPE_CHECKING:
     from alframe.data.dataset import IGNORE_INDEX, SegmentationDataModule, SegmentationDataset
 
-_LAZY = {"IGNORE_INDEX", "SegmentationDataModule", "SegmentationDataset"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from alframe.data import dataset
-
-        return getattr(dataset, name)
-    raise AttributeError(f"module 'alframe.data' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    globals(),
+    {name: "dataset" for name in ("IGNORE_INDEX", "SegmentationDataModule", "SegmentationDataset")},
+)
 
 
 __all__ = [

@@ -203,16 +203,7 @@ class XSSRStrategy(Strategy):
         info["has_source"] = has_source
         seconds["novelty"], clock = time.perf_counter() - clock, time.perf_counter()
 
-        if not has_source:
-            alpha = 0.0
-            info["alpha_mode"] = "forced (no source embeddings)"
-            greedy = xssr_greedy(
-                embeddings, labelled, budget, density_hat, novelty_hat, [alpha], self.combine
-            )
-            run = 0
-            info["coverage_curve"] = {alpha: float(greedy.coverage_cost[0])}
-            info["covering_radius_curve"] = {alpha: float(greedy.covering_radius[0])}
-        elif self.alpha == "auto":
+        if self.alpha == "auto" and has_source:
             calibration = calibrate_alpha(
                 embeddings,
                 labelled,
@@ -247,8 +238,10 @@ class XSSRStrategy(Strategy):
                 greedy = calibration.greedy
                 run = int(np.flatnonzero(calibration.alphas == alpha)[0])
         else:
-            alpha = float(self.alpha)
-            info["alpha_mode"] = "fixed"
+            # One greedy run at one alpha: the recipe's, or 0 when there is no source to be
+            # novel against (novelty is identically 0 then).
+            alpha = float(self.alpha) if has_source else 0.0
+            info["alpha_mode"] = "fixed" if has_source else "forced (no source embeddings)"
             greedy = xssr_greedy(
                 embeddings, labelled, budget, density_hat, novelty_hat, [alpha], self.combine
             )
