@@ -23,6 +23,14 @@ EXIT_USER_ERROR = 2
 
 Handler = Callable[[argparse.Namespace], int]
 
+# Sub-commands that live in their own module, one per capability: each module defines
+# ``add_commands(sub)`` that adds its parsers (with ``handler`` defaults) to the sub-parser group.
+COMMAND_MODULES = (
+    "alframe.cli.pseudolabel",
+    "alframe.cli.rank",
+    "alframe.cli.transfer",
+)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line with exit code 2 (argparse's own code)."""
@@ -126,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count")
     demo.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     demo.set_defaults(handler=commands.cmd_demo)
+
+    import importlib
+
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:  # a missing dependency inside it is a real error
+                raise
+            continue  # that capability is not part of this build
+        module.add_commands(sub)
     return parser
 
 
