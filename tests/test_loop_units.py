@@ -172,6 +172,9 @@ class FakeLearner:
     def restore(self, checkpoint: Path) -> None:
         self._checkpoint = Path(checkpoint)
 
+    def pseudo_label(self, labelled_ids: Sequence[str], out_dir: Path) -> dict[str, Any] | None:
+        return None
+
     def fit(self, train_ids: Sequence[str], out_dir: Path, seed: int) -> FitInfo:
         if self.fail_on_fit is not None and len(self.fits) == self.fail_on_fit:
             raise KeyboardInterrupt  # like Ctrl-C in the middle of training

@@ -288,6 +288,47 @@ class SelectConfig(_Strict):
     budget: int | None = Field(None, ge=1, description="default budget for `alframe select`")
 
 
+class RPGConfig(_Strict):
+    """Label-transfer options of reference-guided pseudo-labels (methods/rpg.md)."""
+
+    top_k: int = Field(1, ge=1, description="1: nearest reference pixel; k > 1: similarity vote")
+    temperature: float = Field(0.1, gt=0, description="softmax temperature of the top-k vote")
+    max_per_class: int = Field(5000, ge=1, description="reference pixels kept per class")
+    filter_percentile: float | None = Field(
+        None, ge=0, lt=100, description="ignore pixels below this similarity percentile (off)"
+    )
+    spatial_weight: float = Field(
+        0.0, ge=0, description="penalty on match distance in normalised image position (off)"
+    )
+    match_stride: int = Field(
+        1, ge=1, description="pool features by this factor before matching (speed vs detail)"
+    )
+    seed: int = Field(0, description="seed of the class-balanced reference sample")
+
+
+class PseudoLabelConfig(_Strict):
+    """Semi-supervised training with pseudo-labels of the unlabelled pool (active-learning rounds).
+
+    When enabled, every round trains on the human labels plus RPG pseudo-labels of the unlabelled
+    pool items (computed on the fly from the labelled batch's decoder features), then writes the
+    pool's pseudo-labels under ``rounds/NNN/pseudolabels.npz`` with their accuracy against the
+    hidden ground truth (simulations). Pseudo-labels never enter evaluation.
+    """
+
+    enabled: bool = Field(False, description="train rounds semi-supervised with pseudo-labels")
+    method: Literal["rpg"] = "rpg"
+    warmup_fraction: float = Field(0.05, ge=0, le=1, description="supervised-only share of steps")
+    ramp_fraction: float = Field(0.25, ge=0, le=1, description="share of steps of the sigmoid ramp")
+    lambda_max: float = Field(1.0, ge=0, description="final weight of the pseudo-label loss")
+    unlabelled_batch_size: int | None = Field(
+        None, ge=1, description="unlabelled images per step (default: train.batch_size)"
+    )
+    store: bool = Field(
+        True, description="pseudo-label the unlabelled pool after each round and keep it"
+    )
+    rpg: RPGConfig = RPGConfig()
+
+
 class Recipe(_Strict):
     """A whole alframe recipe."""
 
@@ -304,6 +345,7 @@ class Recipe(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     embed: EmbedConfig = EmbedConfig()
     select: SelectConfig = SelectConfig()
+    pseudolabel: PseudoLabelConfig = PseudoLabelConfig()
     experiment: ExperimentConfig | None = Field(
         None, description="active-learning budget experiment (`alframe experiment`)"
     )

@@ -456,6 +456,11 @@ class ActiveLearningRun:
         clock = time.perf_counter()
         metrics = self.learner.evaluate(round_dir)
         evaluate_seconds = time.perf_counter() - clock
+        # After evaluation, so pseudo-labels can never reach it; the reference arm has no pool
+        # left to pseudo-label.
+        pseudo = None
+        if not arm.is_reference and len(oracle) < len(self.pool_ids):
+            pseudo = self.learner.pseudo_label(oracle.labelled_ids, round_dir)
 
         checkpoint = Path(fit.checkpoint)
         try:
@@ -504,6 +509,7 @@ class ActiveLearningRun:
                 "evaluate_seconds": round(evaluate_seconds, 3),
             },
             "metrics": metrics,
+            "pseudolabels": pseudo,
             "versions": package_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

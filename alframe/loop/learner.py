@@ -69,6 +69,12 @@ class Learner(Protocol):
         """Per evaluation set, mean/std of Dice and IoU (writes ``eval_<set>.csv`` to out_dir)."""
         ...
 
+    def pseudo_label(self, labelled_ids: Sequence[str], out_dir: Path) -> dict[str, Any] | None:
+        """Pseudo-label the unlabelled pool from ``labelled_ids`` with the current model, store
+        them in ``out_dir`` apart from human labels, and return their summary (None: the learner
+        does not pseudo-label)."""
+        ...
+
     def reset(self) -> None:
         """Forget the current model: the next :meth:`fit` starts from scratch."""
         ...
@@ -144,6 +150,9 @@ class LightningLearner:
             experiment seed; default: a new catalog of ``recipe``).
         callbacks: extra Lightning callbacks for every fit (e.g. progress, tests).
         finetune: start every fit from the current model's weights instead of from scratch.
+
+    With ``pseudolabel.enabled`` in the recipe, every fit is semi-supervised (human labels + RPG
+    pseudo-labels of the rest of the pool) and :meth:`pseudo_label` labels the pool afterwards.
     """
 
     def __init__(
@@ -159,6 +168,7 @@ class LightningLearner:
         self.catalog = catalog if catalog is not None else DataCatalog(recipe)
         self.callbacks = list(callbacks)
         self.finetune = finetune
+        self.semi_supervised = bool(recipe.pseudolabel.enabled)
         self._checkpoint: Path | None = None
         self._task: Any | None = None
 
@@ -223,6 +233,8 @@ class LightningLearner:
         datamodule = self._datamodule(recipe, list(train_ids))
         datamodule.setup()
         out.mkdir(parents=True, exist_ok=True)
+        unlabelled = self._unlabelled_samples(train_ids) if self.semi_supervised else []
+        extra: dict[str, Any] = {}
         started = time.perf_counter()
         with warnings.catch_warnings():
             # Without a validation set the final weights are kept on purpose (fixed step budget).
@@ -232,9 +244,37 @@ class LightningLearner:
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*across ranks is zero.*")
             counter = _StepCounter()
-            result = fit_segmentation(
-                recipe, datamodule, out, callbacks=[counter, *self.callbacks], overwrite=True
-            )
+            result: Any
+            if unlabelled:
+                from alframe.pseudolabel import fit_semisupervised, options_from_config
+
+                semi = fit_semisupervised(
+                    recipe,
+                    datamodule.train_samples,
+                    unlabelled,
+                    out,
+                    options=options_from_config(recipe.pseudolabel),
+                    val_samples=datamodule.val_samples,
+                    callbacks=[counter, *self.callbacks],
+                    overwrite=True,
+                )
+                result = semi
+                accuracy = [row["pl_accuracy"] for row in semi.steps if "pl_accuracy" in row]
+                extra = {
+                    "semi_supervised": True,
+                    "n_unlabelled": len(unlabelled),
+                    "warmup_steps": semi.warmup_steps,
+                    "ramp_steps": semi.ramp_steps,
+                    # Training-time pseudo-labels (augmented views) vs hidden ground truth,
+                    # over the last quarter of the steps: bookkeeping only.
+                    "train_pl_accuracy": float(np.mean(accuracy[-max(len(accuracy) // 4, 1) :]))
+                    if accuracy
+                    else None,
+                }
+            else:
+                result = fit_segmentation(
+                    recipe, datamodule, out, callbacks=[counter, *self.callbacks], overwrite=True
+                )
         seconds = time.perf_counter() - started
         self._checkpoint = Path(result.best_checkpoint)
         slim_checkpoint(self._checkpoint)
@@ -247,8 +287,56 @@ class LightningLearner:
             steps=counter.steps,
             train_seconds=seconds,
             best_val_dice=float(result.best_val_dice),
-            extra={"init_weights": str(init) if init is not None else None},
+            extra={"init_weights": str(init) if init is not None else None, **extra},
         )
+
+    def _pool(self) -> Any:
+        from alframe.data import Pool
+
+        return Pool(self.catalog.samples(self.recipe.data.train))
+
+    def _unlabelled_samples(self, labelled_ids: Sequence[str]) -> list[Any]:
+        labelled = set(labelled_ids)
+        return [s for s in self._pool().samples if s.id not in labelled]
+
+    def pseudo_label(self, labelled_ids: Sequence[str], out_dir: Path) -> dict[str, Any] | None:
+        """Pseudo-label the unlabelled pool from the labelled items with the current model.
+
+        Writes ``pseudolabels.npz`` and ``pseudolabels.csv`` into ``out_dir``, apart from the
+        human labels; the pool's hidden ground truth only measures them.
+
+        Args:
+            labelled_ids: the human-labelled pool ids (the references).
+            out_dir: the round's folder.
+
+        Returns:
+            Summary (items, references, Dice / pixel accuracy against the hidden ground truth,
+            coverage, seconds), or None when the recipe does not ask for stored pseudo-labels.
+        """
+        cfg = self.recipe.pseudolabel
+        if not (cfg.enabled and cfg.store):
+            return None
+        from alframe.pseudolabel import pseudo_label_samples, write_pool_pseudolabels
+
+        started = time.perf_counter()
+        pool = self._pool()
+        references = pool.subset(list(labelled_ids)).samples
+        result = pseudo_label_samples(
+            self._current_task(),
+            references,
+            self._unlabelled_samples(labelled_ids),
+            self.recipe.data,
+            self.recipe.num_classes,
+            cfg,
+            batch_size=self.recipe.train.batch_size,
+            eval_transforms=self.recipe.augment.eval,
+        )
+        path = write_pool_pseudolabels(result, out_dir)
+        return {
+            **result.summary(),
+            "file": path.name,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
 
     def predict_proba(self, ids: Sequence[str]) -> np.ndarray:
         """(N, K, H, W) float32 probabilities of the current model for pool items ``ids``.
@@ -260,11 +348,10 @@ class LightningLearner:
         import torch
         from torch.utils.data import DataLoader
 
-        from alframe.data import Pool, SegmentationDataset
+        from alframe.data import SegmentationDataset
 
         task = self._current_task()
-        pool = Pool(self.catalog.samples(self.recipe.data.train))
-        samples = pool.subset(list(ids)).samples if ids else []
+        samples = self._pool().subset(list(ids)).samples if ids else []
         if not samples:
             size = tuple(self.recipe.data.image_size)
             return np.zeros((0, self.recipe.num_classes, *size), dtype=np.float32)

@@ -39,7 +39,8 @@ def _record_run(path: Path, uri: str, run_id: str) -> None:
 
 
 def round_metrics(manifest: Mapping[str, Any]) -> dict[str, float]:
-    """Flat MLflow metrics of a round: ``n_labelled`` and ``<set>_<metric>`` per evaluation set."""
+    """Flat MLflow metrics of a round: ``n_labelled``, ``<set>_<metric>`` per evaluation set,
+    ``fit_*`` and, with pseudo-labels, ``pseudo_*`` (their accuracy on the pool)."""
     metrics: dict[str, float] = {
         "n_labelled": float(manifest["n_labelled"]),
         "n_selected": float(len(manifest.get("selected", []))),
@@ -49,9 +50,14 @@ def round_metrics(manifest: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(value, int | float):
                 metrics[f"{set_name}_{key}"] = float(value)
     fit = manifest.get("fit") or {}
-    for key in ("train_seconds", "steps", "epochs", "best_val_dice"):
+    for key in ("train_seconds", "steps", "epochs", "best_val_dice", "train_pl_accuracy"):
         if isinstance(fit.get(key), int | float):
             metrics[f"fit_{key}"] = float(fit[key])
+    # Pseudo-labels of the unlabelled pool against its hidden ground truth (simulations).
+    pseudo = manifest.get("pseudolabels") or {}
+    for key in ("dice_mean", "pixel_accuracy_mean", "coverage_mean", "n_items"):
+        if isinstance(pseudo.get(key), int | float):
+            metrics[f"pseudo_{key}"] = float(pseudo[key])
     return metrics
 
 
@@ -145,7 +151,11 @@ class MlflowRoundTracker(RoundTracker):
             metrics = round_metrics(manifest)
             self.tracker.log_metrics(run_id, metrics)
             self.tracker.log_metrics(parent, metrics, step=index)
-            files = [round_dir / "selection.csv", round_dir / "manifest.json"]
+            files = [
+                round_dir / "selection.csv",
+                round_dir / "manifest.json",
+                round_dir / "pseudolabels.csv",
+            ]
             for file in files:
                 if file.is_file():
                     self.tracker.log_artifact(run_id, file)
