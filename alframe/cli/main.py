@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "alframe.cli.pseudolabel",
     "alframe.cli.rank",
     "alframe.cli.transfer",
+    "alframe.cli.project",
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ def select_from_recipe(
     params: dict[str, Any] | None = None,
     labelled: str | os.PathLike[str] | None = None,
     checkpoint: str | None = None,
+    labelled_ids: Collection[str] | None = None,
 ) -> SelectionResult:
     """Choose ``budget`` pool items to annotate next.
 
@@ -103,13 +105,14 @@ def select_from_recipe(
             recipe's strategy, else none.
         labelled: optional file of already-labelled ids.
         checkpoint: segmentation checkpoint for uncertainty strategies.
+        labelled_ids: ids already labelled (or already selected), instead of or in addition
+            to the ``labelled`` file, e.g. from a labelling project's state store.
 
     Returns:
         The :class:`SelectionResult`.
     """
     from alframe import strategies
     from alframe.data import DataCatalog
-    from alframe.embed import embed_pool
     from alframe.types import QueryContext
 
     name = strategy or recipe.select.strategy
@@ -125,10 +128,23 @@ def select_from_recipe(
     pool_samples = DataCatalog(recipe).samples(recipe.data.train)
     ids = [s.id for s in pool_samples]
     mask = read_id_list(labelled, ids) if labelled else np.zeros(len(ids), dtype=bool)
+    if labelled_ids is not None:
+        known = set(ids)
+        unknown = [i for i in labelled_ids if i not in known]
+        if unknown:
+            raise DataError(
+                f"{len(unknown)} labelled ids are not in the pool (e.g. {unknown[:3]}); "
+                "pass ids of data.train items only"
+            )
+        wanted = set(labelled_ids)
+        mask |= np.fromiter((i in wanted for i in ids), dtype=bool, count=len(ids))
 
     context: dict[str, Any] = {"labelled": mask, "seed": recipe.seed, "ids": ids}
     embedding_hash = None
     if "embeddings" in requires or "source_embeddings" in requires:
+        # Imported here: embedding pulls in torch, which strategies without embeddings skip.
+        from alframe.embed import embed_pool
+
         pool = embed_pool(recipe, which="pool")
         if list(pool.ids) != ids:
             raise DataError(
@@ -139,6 +155,8 @@ def select_from_recipe(
     else:
         context["embeddings"] = np.zeros((len(ids), 1), dtype=np.float32)
     if "source_embeddings" in requires and recipe.data.source is not None:
+        from alframe.embed import embed_pool
+
         context["source_embeddings"] = embed_pool(recipe, which="source").embeddings
     if "probabilities" in requires and checkpoint is not None:
         context["probabilities"] = pool_probabilities(recipe, checkpoint, pool_samples)

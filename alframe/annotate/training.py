@@ -1,0 +1,258 @@
+"""`round train`: train on the project's labels (plus pseudo-labels when asked) and evaluate.
+
+The run is written to ``train/.staging-NNN/``, renamed to ``train/NNN`` when complete, and then
+recorded in the state store; a killed run leaves only a staging folder (or an unrecorded folder),
+which recovery removes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alframe.annotate.faults import checkpoint
+from alframe.annotate.formats import read_label_png
+from alframe.annotate.project import STORED_IGNORE, Project
+from alframe.annotate.pseudo import pseudo_label_paths
+from alframe.annotate.store import StateStore, atomic_write_bytes, fsync_folder, now
+from alframe.config import Recipe, dump_recipe, recipe_from_dict, recipe_to_dict
+from alframe.config.loading import apply_overrides
+from alframe.data.samples import Sample
+from alframe.errors import DataError, StateError
+
+
+@dataclass
+class RoundTraining:
+    """What `round train` produced.
+
+    Attributes:
+        run: the training's number.
+        folder: ``train/NNN``.
+        checkpoint: the best checkpoint.
+        n_labelled: human-labelled items used (training + validation).
+        n_pseudo: pseudo-labelled items used.
+        best_val_dice: validation Dice of the checkpoint (NaN without validation).
+        evaluation: per evaluation set, mean metrics.
+    """
+
+    run: int
+    folder: Path
+    checkpoint: Path
+    n_labelled: int
+    n_pseudo: int
+    best_val_dice: float
+    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _label_dataset_class() -> Any:
+    from alframe.data.dataset import IGNORE_INDEX, SegmentationDataset
+    from alframe.data.io import read_image
+    from alframe.data.transforms import normalize_intensity
+
+    class ProjectLabelDataset(SegmentationDataset):
+        """A SegmentationDataset whose project items read their masks from stored label files."""
+
+        label_files: frozenset[Path] = frozenset()
+
+        def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+            sample = self.samples[index]
+            if sample.mask_path is None or sample.mask_path not in self.label_files:
+                return super().load(index)
+            image = read_image(sample, self.data_cfg.in_channels)
+            stored = read_label_png(sample.mask_path)
+            if stored.shape != image.shape[:2]:
+                raise DataError(
+                    f"stored label {sample.mask_path} is {stored.shape} but image "
+                    f"{sample.image_path} is {image.shape[:2]}; import the item again with "
+                    "--replace"
+                )
+            mask = stored.astype(np.int64)
+            mask[stored == STORED_IGNORE] = IGNORE_INDEX
+            return normalize_intensity(image, self.data_cfg.normalization), mask
+
+    return ProjectLabelDataset
+
+
+def make_datamodule(recipe: Recipe, samples: dict[str, Sample], labels: dict[str, Path]) -> Any:
+    """A SegmentationDataModule over labelled project items (masks from the label files).
+
+    Validation is ``data.val`` when the recipe sets it, else a seeded ``data.val_fraction`` of
+    the labelled groups; evaluation sets are the recipe's ``data.evaluate``.
+    """
+    from alframe.data.dataset import SegmentationDataModule
+    from alframe.data.splits import grouped_holdout
+
+    dataset_class = _label_dataset_class()
+    files = frozenset(labels.values())
+
+    class ProjectDataModule(SegmentationDataModule):
+        def setup(self, stage: str | None = None) -> None:
+            if self._ready:
+                return
+            candidates = [replace(samples[i], mask_path=labels[i]) for i in sorted(labels)]
+            data = self.recipe.data
+            if data.val is not None:
+                self.train_samples = candidates
+                self.val_samples = self.catalog.samples(data.val)
+            else:
+                self.train_samples, self.val_samples = grouped_holdout(
+                    candidates, data.val_fraction, self.recipe.seed
+                )
+            self._ready = True
+
+        def _dataset(self, items: Sequence[Sample], train: bool) -> Any:
+            steps = self.recipe.augment.train if train else self.recipe.augment.eval
+            dataset = dataset_class(items, self.recipe.data, steps, train, seed=self.recipe.seed)
+            dataset.label_files = files
+            return dataset
+
+    return ProjectDataModule(recipe, train_ids=sorted(labels))
+
+
+def train_round(
+    project: Project,
+    include_pseudo: bool = False,
+    track: bool = True,
+    overrides: Iterable[str] = (),
+) -> RoundTraining:
+    """Train a model on everything labelled so far and evaluate it on ``data.evaluate``.
+
+    Args:
+        project: the open project.
+        include_pseudo: also train on stored pseudo-labels of items without a human label
+            (see :mod:`alframe.annotate.pseudo`).
+        track: log to MLflow when the recipe's tracking is enabled.
+        overrides: ``KEY=VALUE`` recipe overrides for this run only (e.g. ``train.max_epochs=5``).
+
+    Returns:
+        The :class:`RoundTraining`.
+
+    Raises:
+        StateError: nothing is labelled (or no pseudo-labels when asked for them).
+    """
+    from alframe.models import fit_segmentation, load_task
+    from alframe.workflows.training import evaluate_sets
+
+    recipe = project.recipe
+    overrides = list(overrides)
+    if overrides:
+        recipe = recipe_from_dict(apply_overrides(recipe_to_dict(recipe), overrides), "--set")
+    labels = project.label_files()
+    if not labels:
+        raise StateError(
+            "nothing is labelled yet; import masks with `alframe round import DIR --from PATH` "
+            "before training"
+        )
+    pseudo: dict[str, Path] = {}
+    if include_pseudo:
+        pseudo = pseudo_label_paths(project)
+        if not pseudo:
+            raise StateError(
+                "--pseudo-labels: the project has no pseudo-labels for unlabelled items; record "
+                "some first (alframe.annotate.pseudo.record_pseudo_labels) or train without "
+                "the flag"
+            )
+    training_labels = {**pseudo, **labels}
+    samples = project.samples()
+    run = 1 + max(
+        (int(r["run"]) for r in project.store.query("SELECT run FROM trainings")), default=0
+    )
+    staging = project.train_dir / f".staging-{run:03d}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    atomic_write_bytes(staging / "recipe.resolved.yaml", dump_recipe(recipe).encode("utf-8"))
+    datamodule = make_datamodule(recipe, samples, training_labels)
+    tracker = None
+    run_id = None
+    callbacks: list[Any] = []
+    if track and recipe.tracking.enabled:
+        from alframe.tracking import Tracker, make_epoch_logger
+
+        tracker = Tracker(recipe.tracking.experiment or recipe.name, recipe.tracking.uri)
+        run_id = tracker.start_run(
+            f"{recipe.name}-labels-{run:03d}", tags={"alframe.kind": "round-train"}
+        )
+        tracker.log_params(run_id, recipe_to_dict(recipe))
+        callbacks.append(make_epoch_logger(tracker, run_id))
+    status = "FAILED"
+    try:
+        started = time.perf_counter()
+        fit = fit_segmentation(recipe, datamodule, staging, callbacks=callbacks)
+        seconds = time.perf_counter() - started
+        checkpoint("train:fitted")
+        evaluation: dict[str, dict[str, float]] = {}
+        if recipe.data.evaluate:
+            task = load_task(fit.best_checkpoint)
+            _, evaluation = evaluate_sets(
+                task, datamodule.eval_dataloaders(), recipe.num_classes, staging, False
+            )
+        summary = {
+            "run": run,
+            "created": now(),
+            "n_labelled": len(labels),
+            "n_pseudo": len(pseudo),
+            "n_train": len(datamodule.train_samples),
+            "n_val": len(datamodule.val_samples),
+            "best_val_dice": fit.best_val_dice,
+            "epochs_run": fit.epochs_run,
+            "train_seconds": round(seconds, 2),
+            "evaluation": evaluation,
+        }
+        atomic_write_bytes(
+            staging / "summary.json",
+            (json.dumps(summary, indent=2, default=float) + "\n").encode("utf-8"),
+        )
+        if tracker is not None and run_id is not None:
+            metrics = {"best_val_dice": float(fit.best_val_dice), "n_labelled": float(len(labels))}
+            for name, stats in evaluation.items():
+                metrics.update({f"{name}_{k}": float(v) for k, v in stats.items()})
+            tracker.log_metrics(run_id, metrics)
+        status = "FINISHED"
+    finally:
+        if tracker is not None and run_id is not None:
+            tracker.end_run(run_id, status)
+    from alframe.loop.state import sha256_file
+
+    fsync_folder(staging)
+    checkpoint("train:staged")
+    folder = project.train_dir / f"{run:03d}"
+    os.replace(staging, folder)
+    fsync_folder(project.train_dir)
+    checkpoint("train:renamed")
+    best = folder / Path(fit.best_checkpoint).resolve().relative_to(staging.resolve())
+    with project.store.transaction() as conn:
+        conn.execute(
+            "INSERT INTO trainings(run, created, folder, checkpoint, checkpoint_sha256, "
+            "n_labelled, n_pseudo, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run,
+                summary["created"],
+                folder.relative_to(project.root).as_posix(),
+                best.relative_to(project.root).as_posix(),
+                sha256_file(best),
+                len(labels),
+                len(pseudo),
+                json.dumps(
+                    {"best_val_dice": fit.best_val_dice, "evaluation": evaluation}, default=float
+                ),
+            ),
+        )
+        StateStore.log_event(conn, "train", {"run": run, "n_labelled": len(labels)})
+    return RoundTraining(
+        run=run,
+        folder=folder,
+        checkpoint=best,
+        n_labelled=len(labels),
+        n_pseudo=len(pseudo),
+        best_val_dice=float(fit.best_val_dice),
+        evaluation=evaluation,
+    )

@@ -1,0 +1,229 @@
+"""``alframe project``, ``alframe round`` and ``alframe export``: labelling rounds with annotators.
+
+::
+
+    alframe project init DIR --recipe R [--annotators a,b --overlap 0.2]
+    alframe round next DIR --budget B [--strategy S]
+    alframe round import DIR --from PATH [--annotator A] [--replace]
+    alframe round status DIR [--json]
+    alframe round train DIR [--pseudo-labels]
+    alframe export nnunet DIR OUT [--dataset-id N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _notes(project: Any) -> None:
+    for note in project.notes:
+        print(f"recovered: {note}")
+
+
+def cmd_project_init(args: argparse.Namespace) -> int:
+    from alframe.annotate import init_project
+    from alframe.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    names = args.annotators.split(",") if args.annotators else ["annotator"]
+    summary = init_project(
+        args.dir,
+        recipe,
+        annotators=names,
+        overlap=args.overlap,
+        ignore_value=args.ignore_value,
+        url_prefix=args.url_prefix,
+    )
+    print(
+        f"project {args.dir}: pool of {summary['pool']} images; annotators "
+        f"{', '.join(summary['annotators'])}; unlabelled pixels in masks: "
+        f"{summary['ignore_value']}"
+    )
+    print(f"next: alframe round next {args.dir} --budget B")
+    return 0
+
+
+def cmd_round_next(args: argparse.Namespace) -> int:
+    from alframe.annotate import next_round, open_project
+    from alframe.errors import ConfigError
+
+    with open_project(args.dir) as project:
+        _notes(project)
+        budget = args.budget or project.recipe.select.budget
+        if budget is None:
+            raise ConfigError("no budget: pass --budget N or set select.budget in the recipe")
+        annotators = args.annotators.split(",") if args.annotators else None
+        result = next_round(
+            project,
+            budget,
+            strategy=args.strategy,
+            checkpoint_path=args.checkpoint,
+            annotators=annotators,
+            overlap=args.overlap,
+        )
+    for note in result.notes:
+        print(f"note: {note}")
+    loads: dict[str, int] = {}
+    for names in result.assignments.values():
+        for name in names:
+            loads[name] = loads.get(name, 0) + 1
+    shown = ", ".join(f"{n} {c}" for n, c in sorted(loads.items()))
+    print(f"round {result.round} ({result.strategy}): {len(result.ids)} items → {shown}")
+    print(f"export: {result.folder / 'export'} (manifest.csv, labelstudio_tasks.json)")
+    print(f"then: alframe round import {args.dir} --from MASKS_OR_LABEL_STUDIO_JSON")
+    return 0
+
+
+def cmd_round_import(args: argparse.Namespace) -> int:
+    from alframe.annotate import import_labels, open_project
+
+    with open_project(args.dir) as project:
+        _notes(project)
+        report = import_labels(
+            project,
+            args.source,
+            annotator=args.annotator,
+            replace=args.replace,
+            unpainted=args.unpainted,
+            dry_run=args.dry_run,
+        )
+    verb = "would import" if report.dry_run else "imported"
+    print(
+        f"{verb} {len(report.new)} new, {len(report.replaced)} replaced, "
+        f"{len(report.unchanged)} unchanged labels; {report.pending} items still pending"
+    )
+    return 0
+
+
+def cmd_round_status(args: argparse.Namespace) -> int:
+    from alframe.annotate import format_status, open_project, project_status
+
+    with open_project(args.dir, write=False) as project:
+        _notes(project)
+        status = project_status(project)
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def cmd_round_train(args: argparse.Namespace) -> int:
+    from alframe.annotate import open_project, train_round
+    from alframe.cli.commands import quiet_lightning
+
+    with open_project(args.dir) as project:
+        _notes(project)
+        quiet_lightning()
+        result = train_round(
+            project,
+            include_pseudo=args.pseudo_labels,
+            track=not args.no_track,
+            overrides=args.overrides,
+        )
+    print(
+        f"run {result.run}: trained on {result.n_labelled} labelled (+{result.n_pseudo} "
+        f"pseudo-labelled) items; best validation Dice {result.best_val_dice:.4f}"
+    )
+    for name, stats in result.evaluation.items():
+        dice = stats.get("dice_mean", stats.get("dice", float("nan")))
+        print(f"  {name}: Dice {dice:.4f}")
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_export_nnunet(args: argparse.Namespace) -> int:
+    from alframe.annotate import open_project
+    from alframe.export import export_nnunet
+
+    with open_project(args.dir, write=False) as project:
+        _notes(project)
+        result = export_nnunet(
+            project,
+            args.out,
+            dataset_id=args.dataset_id,
+            name=args.name,
+            file_format=args.format,
+            overwrite=args.overwrite,
+        )
+    print(
+        f"nnU-Net data set {result.folder}: {result.n_training} cases ({result.file_ending}); "
+        f"labels {result.labels}"
+    )
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add the ``project``, ``round`` and ``export`` sub-commands to ``sub``."""
+    project = sub.add_parser("project", help="labelling projects (init)")
+    project_sub = project.add_subparsers(dest="project_action", metavar="ACTION", required=True)
+    init = project_sub.add_parser("init", help="create a labelling project for a recipe's pool")
+    init.add_argument("dir", help="project folder (new or empty)")
+    init.add_argument("--recipe", "-r", required=True, help="recipe YAML; data.train is the pool")
+    init.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    init.add_argument("--annotators", help="comma-separated names (default: one 'annotator')")
+    init.add_argument(
+        "--overlap", type=float, default=0.0, help="fraction labelled twice, for agreement"
+    )
+    init.add_argument(
+        "--ignore-value",
+        type=int,
+        default=None,
+        help="mask value of unlabelled pixels (default: 255, or the largest free value)",
+    )
+    init.add_argument("--url-prefix", default=None, help="Label Studio image URL prefix")
+    init.set_defaults(handler=cmd_project_init)
+
+    rounds = sub.add_parser("round", help="labelling rounds: next, import, status, train")
+    round_sub = rounds.add_subparsers(dest="round_action", metavar="ACTION", required=True)
+    nxt = round_sub.add_parser("next", help="select and export the next batch for annotators")
+    nxt.add_argument("dir", help="project folder")
+    nxt.add_argument("--budget", "-b", type=int, help="items to select (default: select.budget)")
+    nxt.add_argument("--strategy", "-s", help="strategy (default: the recipe's select.strategy)")
+    nxt.add_argument("--checkpoint", help="model for uncertainty strategies, or 'latest'")
+    nxt.add_argument("--annotators", help="change the annotators from this round on (a,b,...)")
+    nxt.add_argument("--overlap", type=float, help="change the overlap from this round on")
+    nxt.set_defaults(handler=cmd_round_next)
+
+    imp = round_sub.add_parser("import", help="validate and commit annotators' masks")
+    imp.add_argument("dir", help="project folder")
+    imp.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="folder of masks (PNG/TIFF/NIfTI), manifest CSV/JSON, or Label Studio JSON export",
+    )
+    imp.add_argument("--annotator", help="whose masks these are (default: from the source)")
+    imp.add_argument("--replace", action="store_true", help="overwrite labels that changed")
+    imp.add_argument(
+        "--unpainted",
+        choices=["background", "ignore"],
+        default="background",
+        help="Label Studio pixels outside every region (default: background)",
+    )
+    imp.add_argument("--dry-run", action="store_true", help="validate only, commit nothing")
+    imp.set_defaults(handler=cmd_round_import)
+
+    status = round_sub.add_parser("status", help="pending / labelled per round and annotator")
+    status.add_argument("dir", help="project folder")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=cmd_round_status)
+
+    train = round_sub.add_parser("train", help="train on the labels and evaluate")
+    train.add_argument("dir", help="project folder")
+    train.add_argument(
+        "--pseudo-labels", action="store_true", help="also use recorded pseudo-labels"
+    )
+    train.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    train.set_defaults(handler=cmd_round_train)
+
+    export = sub.add_parser("export", help="export labelled data (nnunet)")
+    export_sub = export.add_subparsers(dest="export_action", metavar="FORMAT", required=True)
+    nnunet = export_sub.add_parser("nnunet", help="nnU-Net v2 raw data set of the labelled items")
+    nnunet.add_argument("dir", help="project folder")
+    nnunet.add_argument("out", help="nnUNet_raw folder (or a DatasetNNN_Name folder)")
+    nnunet.add_argument("--dataset-id", type=int, default=1)
+    nnunet.add_argument("--name", help="data set name (default: the recipe name)")
+    nnunet.add_argument("--format", choices=["auto", "png", "nifti"], default="auto")
+    nnunet.add_argument("--overwrite", action="store_true")
+    nnunet.set_defaults(handler=cmd_export_nnunet)
