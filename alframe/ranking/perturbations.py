@@ -1,0 +1,268 @@
+"""Seeded perturbations for consistency-based ranking (CTE).
+
+Input perturbations act on **normalised** images (after :func:`alframe.data.normalize_intensity`)
+and are **not clipped**; each image gets its own random draw, taken in image order from one
+generator, so the perturbation an image receives does not depend on the batch size and every
+model sees exactly the same perturbed inputs.
+
+Feature perturbations (grey-box) zero a fixed proportion of the channels of chosen feature maps
+through forward hooks, so any smp / timm model works unchanged and nothing remains attached after
+scoring (see :func:`channel_dropout`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from alframe.errors import ConfigError, ModelError
+
+__all__ = [
+    "FEATURE_PERTURBATIONS",
+    "INPUT_PERTURBATIONS",
+    "PERTURBATIONS",
+    "ChannelDropout",
+    "InputPerturbation",
+    "channel_dropout",
+    "make_perturbation",
+]
+
+INPUT_PERTURBATIONS = ("gauss", "brightness", "contrast", "gamma")
+"""Black-box perturbations: they only change the input."""
+
+FEATURE_PERTURBATIONS = ("dropout", "dropout-all")
+"""Grey-box perturbations: channel dropout at the bottleneck, or at every encoder/decoder level."""
+
+PERTURBATIONS = INPUT_PERTURBATIONS + FEATURE_PERTURBATIONS
+
+# [default] strengths from docs methods/cte.md: sigma ~ U[0.1, 0.2] on normalised input, p = 0.2.
+_DEFAULT_RANGES: dict[str, tuple[float, float]] = {
+    "gauss": (0.1, 0.2),
+    "brightness": (-0.2, 0.2),
+    "contrast": (0.7, 1.3),
+    "gamma": (0.7, 1.4),
+}
+
+
+@dataclass(frozen=True)
+class InputPerturbation:
+    """One of the input-space perturbations, with its strength range.
+
+    - ``gauss``: x + N(0, σ²), σ ~ U[low, high] drawn once per image;
+    - ``brightness``: x + s, s ~ U[low, high];
+    - ``contrast``: mean(x) + c·(x − mean(x)), c ~ U[low, high] (mean over the whole image);
+    - ``gamma``: sign(x)·|x|^γ, γ ~ U[low, high] (defined for the negative values of z-scored
+      inputs too).
+
+    Attributes:
+        kind: one of :data:`INPUT_PERTURBATIONS`.
+        low: lower end of the strength range.
+        high: upper end of the strength range.
+    """
+
+    kind: str
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in INPUT_PERTURBATIONS:
+            raise ConfigError(
+                f"unknown input perturbation {self.kind!r}; choose one of "
+                f"{', '.join(INPUT_PERTURBATIONS)}"
+            )
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low > self.high:
+            raise ConfigError(
+                f"perturbation {self.kind}: the range [{self.low}, {self.high}] must be finite "
+                "with low <= high"
+            )
+        if self.kind == "gauss" and self.low < 0:
+            raise ConfigError(f"perturbation gauss: sigma must be >= 0, got low={self.low}")
+        if self.kind == "gamma" and self.low <= 0:
+            raise ConfigError(f"perturbation gamma: gamma must be > 0, got low={self.low}")
+
+    def apply(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Perturb a batch, one random draw per image (in order).
+
+        Args:
+            images: (B, C, H, W) float32 normalised images.
+            rng: the generator; draws are consumed image by image, so splitting the same images
+                into other batches gives the same result.
+
+        Returns:
+            (B, C, H, W) float32 perturbed images (not clipped).
+        """
+        x = np.asarray(images, dtype=np.float32)
+        out = np.empty_like(x)
+        for index in range(x.shape[0]):
+            strength = float(rng.uniform(self.low, self.high))
+            image = x[index]
+            if self.kind == "gauss":
+                noise = rng.standard_normal(image.shape, dtype=np.float32)
+                out[index] = image + np.float32(strength) * noise
+            elif self.kind == "brightness":
+                out[index] = image + np.float32(strength)
+            elif self.kind == "contrast":
+                mean = np.float32(image.mean(dtype=np.float64))
+                out[index] = mean + np.float32(strength) * (image - mean)
+            else:  # gamma
+                out[index] = np.sign(image) * np.abs(image) ** np.float32(strength)
+        return out
+
+
+@dataclass(frozen=True)
+class ChannelDropout:
+    """Fixed-proportion channel dropout on feature maps (grey-box).
+
+    k = ceil(p·C) channels of each hooked (B, C, h, w) feature map are zeroed — the same channels
+    for every image of a batch — and the remaining ones are scaled by 1 / (1 − p).
+
+    Attributes:
+        p: the proportion in [0, 1).
+        where: ``"bottleneck"`` (the deepest encoder feature map) or ``"all"`` (every encoder
+            feature map and every decoder block output).
+    """
+
+    p: float = 0.2
+    where: Literal["bottleneck", "all"] = "bottleneck"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p < 1.0:
+            raise ConfigError(f"channel dropout p must be in [0, 1), got {self.p}")
+        if self.where not in ("bottleneck", "all"):
+            raise ConfigError(f"channel dropout where={self.where!r}: expected bottleneck or all")
+
+    @property
+    def kind(self) -> str:
+        """The perturbation name: ``dropout`` or ``dropout-all``."""
+        return "dropout" if self.where == "bottleneck" else "dropout-all"
+
+
+Perturbation = InputPerturbation | ChannelDropout
+
+
+def make_perturbation(
+    kind: str, low: float | None = None, high: float | None = None, p: float | None = None
+) -> Perturbation:
+    """Build a perturbation by name with the [default] strengths of the CTE spec.
+
+    Args:
+        kind: one of :data:`PERTURBATIONS`.
+        low: lower strength (input perturbations); default from the spec.
+        high: upper strength (input perturbations); default from the spec.
+        p: dropout proportion (feature perturbations); default 0.2 at the bottleneck and 0.03 at
+            every level (the authors' mito setting).
+
+    Raises:
+        ConfigError: unknown name or invalid strength.
+    """
+    if kind in INPUT_PERTURBATIONS:
+        default_low, default_high = _DEFAULT_RANGES[kind]
+        return InputPerturbation(
+            kind,
+            default_low if low is None else float(low),
+            default_high if high is None else float(high),
+        )
+    if kind == "dropout":
+        return ChannelDropout(0.2 if p is None else float(p), "bottleneck")
+    if kind == "dropout-all":
+        return ChannelDropout(0.03 if p is None else float(p), "all")
+    raise ConfigError(f"unknown perturbation {kind!r}; choose one of {', '.join(PERTURBATIONS)}")
+
+
+# ------------------------------------------------------------------------- feature hooks
+
+
+def _drop_channels(features: Any, dropout: ChannelDropout, rng: np.random.Generator) -> Any:
+    """Zero k = ceil(p·C) channels of a (B, C, h, w) tensor (same channels for the batch)."""
+    import torch
+
+    if not isinstance(features, torch.Tensor) or features.ndim < 2:
+        return features
+    channels = int(features.shape[1])
+    k = math.ceil(dropout.p * channels)
+    if k == 0:
+        return features
+    dropped = rng.choice(channels, size=k, replace=False)
+    keep = torch.ones(channels, dtype=features.dtype, device=features.device)
+    keep[torch.as_tensor(dropped, device=features.device)] = 0
+    shape = [1, channels] + [1] * (features.ndim - 2)
+    return features * keep.view(shape) / (1.0 - dropout.p)
+
+
+def feature_sites(module: Any) -> tuple[Any, list[Any]]:
+    """The smp encoder and the decoder blocks of a model (or of a task wrapping one).
+
+    Args:
+        module: an smp model or a module with a ``.model`` attribute holding one.
+
+    Returns:
+        ``(encoder, decoder_blocks)``; ``decoder_blocks`` may be empty.
+
+    Raises:
+        ModelError: the module has no smp-style ``encoder``.
+    """
+    from torch import nn
+
+    inner = getattr(module, "model", None)
+    if isinstance(inner, nn.Module) and not hasattr(module, "encoder"):
+        module = inner
+    encoder = getattr(module, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise ModelError(
+            f"{type(module).__name__} has no .encoder: feature perturbations need an smp model "
+            "(alframe checkpoint); use an input perturbation such as gauss for black-box models"
+        )
+    decoder = getattr(module, "decoder", None)
+    blocks = getattr(decoder, "blocks", None)
+    decoder_blocks: list[Any] = list(blocks) if isinstance(blocks, nn.ModuleList) else []
+    return encoder, decoder_blocks
+
+
+@contextmanager
+def channel_dropout(
+    module: Any, dropout: ChannelDropout, rng: np.random.Generator
+) -> Iterator[None]:
+    """Attach channel-dropout forward hooks for the duration of the ``with`` block.
+
+    The encoder's output list is rewritten (its deepest map only for ``bottleneck``; every map
+    but the input itself for ``all``); with ``all`` each decoder block's output is too. Each
+    forward call draws its channels from ``rng`` (seeded once by the caller). The hooks are
+    removed on exit, also after an exception; parameters and buffers are never touched.
+
+    Args:
+        module: an smp model or a task wrapping one.
+        dropout: the proportion and placement.
+        rng: the generator of the dropped channels.
+
+    Raises:
+        ModelError: the module is not an smp-style model.
+    """
+    encoder, decoder_blocks = feature_sites(module)
+
+    def encoder_hook(_module: Any, _inputs: Any, output: Any) -> Any:
+        if not isinstance(output, Sequence) or isinstance(output, str):
+            return _drop_channels(output, dropout, rng)
+        features = list(output)
+        if dropout.where == "bottleneck":
+            features[-1] = _drop_channels(features[-1], dropout, rng)
+        else:
+            # Entry 0 of an smp encoder's list is the input image itself: not a feature.
+            features[1:] = [_drop_channels(f, dropout, rng) for f in features[1:]]
+        return type(output)(features) if isinstance(output, tuple) else features
+
+    def block_hook(_module: Any, _inputs: Any, output: Any) -> Any:
+        return _drop_channels(output, dropout, rng)
+
+    handles = [encoder.register_forward_hook(encoder_hook)]
+    if dropout.where == "all":
+        handles.extend(block.register_forward_hook(block_hook) for block in decoder_blocks)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

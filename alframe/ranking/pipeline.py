@@ -1,0 +1,309 @@
+"""Rank a set of candidate models with several rankers, and validate against labels if given.
+
+:func:`rank_models` runs every ranker on every model (streamed in batches, a progress bar per
+model), :func:`validate` adds true Dice and correlations, :func:`write_report` writes CSV / JSON /
+a scatter plot. The CLI (``alframe rank``) and the benchmark are thin layers over these.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alframe.errors import ConfigError
+from alframe.ranking.images import TargetImages
+from alframe.ranking.predictors import Predictor
+from alframe.ranking.rankers import Ranker, RankerResult
+from alframe.ranking.validation import Correlation, correlate, plot_scores, true_dice
+
+__all__ = ["RankingReport", "rank_models", "validate", "write_report"]
+
+
+@dataclass
+class RankingReport:
+    """Scores of every (ranker, model) pair, plus validation when labels were given.
+
+    Attributes:
+        models: model names in input order.
+        rankers: ranker labels in input order.
+        results: ranker label → model name → result.
+        skipped: ``(ranker, model, reason)`` for pairs that could not be scored (e.g. a grey-box
+            ranker and a black-box model).
+        inference_seconds: model → seconds of one plain inference pass over the target images
+            (measured only when asked).
+        dice: model → mean true Dice (after :func:`validate`).
+        per_image_dice: model → (N,) true Dice.
+        correlations: ranker → {"pearson", "spearman", "kendall"} (after :func:`validate`).
+    """
+
+    models: list[str]
+    rankers: list[str]
+    results: dict[str, dict[str, RankerResult]] = field(default_factory=dict)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    inference_seconds: dict[str, float] = field(default_factory=dict)
+    dice: dict[str, float] = field(default_factory=dict)
+    per_image_dice: dict[str, np.ndarray] = field(default_factory=dict)
+    correlations: dict[str, dict[str, Correlation]] = field(default_factory=dict)
+
+    def scores(self, ranker: str) -> dict[str, float]:
+        """model → dataset score of one ranker (scored models only)."""
+        return {m: r.dataset_score for m, r in self.results.get(ranker, {}).items()}
+
+    def ranked(self, ranker: str) -> list[tuple[str, float]]:
+        """``(model, score)`` best first; NaN scores last."""
+        items = list(self.results.get(ranker, {}).values())
+        items.sort(
+            key=lambda r: (
+                not math.isfinite(r.dataset_score),
+                -r.goodness if math.isfinite(r.goodness) else 0.0,
+            )
+        )
+        return [(r.model, r.dataset_score) for r in items]
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per model: every ranker's score and rank (1 = best), and the true Dice."""
+        rows: dict[str, dict[str, Any]] = {m: {"model": m} for m in self.models}
+        for ranker in self.rankers:
+            for position, (model, score) in enumerate(self.ranked(ranker), start=1):
+                rows[model][ranker] = score
+                rows[model][f"{ranker}:rank"] = position if math.isfinite(score) else None
+        for model, value in self.dice.items():
+            rows[model]["true_dice"] = value
+        return list(rows.values())
+
+    def format(self, primary: str | None = None) -> str:
+        """A plain-text table sorted by ``primary`` (default: the first ranker), best first."""
+        if not self.rankers:
+            return "(no rankers)"
+        primary = primary or self.rankers[0]
+        order = [m for m, _ in self.ranked(primary)]
+        order += [m for m in self.models if m not in order]
+        columns = list(self.rankers) + (["true_dice"] if self.dice else [])
+        width = max([len(m) for m in self.models] + [5])
+        header = f"{'rank':>4}  {'model':<{width}}  " + "  ".join(f"{c:>14}" for c in columns)
+        lines = [f"sorted by {primary} (best first)", header, "-" * len(header)]
+        for position, model in enumerate(order, start=1):
+            cells = []
+            for column in columns:
+                if column == "true_dice":
+                    value = self.dice.get(model, math.nan)
+                else:
+                    result = self.results.get(column, {}).get(model)
+                    value = result.dataset_score if result is not None else math.nan
+                cells.append(f"{value:>14.4f}" if math.isfinite(value) else f"{'-':>14}")
+            lines.append(f"{position:>4}  {model:<{width}}  " + "  ".join(cells))
+        return "\n".join(lines)
+
+    def format_correlations(self) -> str:
+        """Pearson / Spearman / Kendall (with p-values) per ranker, as plain text."""
+        lines = [f"{'ranker':<26} {'pearson':>16} {'spearman':>16} {'kendall':>16}"]
+        for ranker, values in self.correlations.items():
+            cells = [
+                f"{values[m].statistic:>7.3f} (p={values[m].p_value:.3f})"
+                if math.isfinite(values[m].statistic)
+                else f"{'-':>16}"
+                for m in ("pearson", "spearman", "kendall")
+            ]
+            lines.append(f"{ranker:<26} " + " ".join(f"{c:>16}" for c in cells))
+        return "\n".join(lines)
+
+
+def rank_models(
+    predictors: Sequence[Predictor],
+    images: TargetImages,
+    rankers: Sequence[Ranker],
+    batch_size: int = 16,
+    progress: bool = True,
+    time_inference: bool = False,
+) -> RankingReport:
+    """Score every model with every ranker.
+
+    Args:
+        predictors: the candidates (names must be unique).
+        images: target images (N).
+        rankers: the rankers; a grey-box ranker skips black-box models (listed in ``skipped``).
+        batch_size: images per forward pass.
+        progress: show a progress bar per model.
+        time_inference: also time one plain inference pass per model (for cost ratios).
+
+    Returns:
+        The report.
+
+    Raises:
+        ConfigError: duplicate model or ranker names, or no images.
+    """
+    names = [p.name for p in predictors]
+    if len(set(names)) != len(names):
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"two candidate models share the name(s) {duplicates}; rename the files")
+    labels = [r.describe() for r in rankers]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"the same ranker is listed twice: {labels}")
+    if len(images) == 0:
+        raise ConfigError("no target images to rank on")
+    report = RankingReport(models=names, rankers=labels)
+    for predictor in predictors:
+        usable = [r for r in rankers if r.supports(predictor)]
+        for ranker in rankers:
+            if ranker not in usable:
+                report.skipped.append(
+                    (ranker.describe(), predictor.name, "needs grey-box access (black-box model)")
+                )
+        total = len(images) * (len(usable) + int(time_inference))
+        bar = _progress_bar(total, predictor.name, progress)
+        try:
+            if time_inference:
+                started = time.perf_counter()
+                for _, batch in images.batches(batch_size):
+                    predictor.predict_proba(batch)
+                    bar.update(batch.shape[0])
+                report.inference_seconds[predictor.name] = time.perf_counter() - started
+            for ranker in usable:
+                result = ranker.score(predictor, images, batch_size, progress=bar.update)
+                report.results.setdefault(ranker.describe(), {})[predictor.name] = result
+        finally:
+            bar.close()
+    return report
+
+
+def validate(
+    report: RankingReport,
+    predictors: Sequence[Predictor],
+    images: TargetImages,
+    batch_size: int = 16,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> RankingReport:
+    """Add true Dice per model and the correlations of every ranker with it.
+
+    Args:
+        report: from :func:`rank_models` (updated in place and returned).
+        predictors: the same candidates.
+        images: the target images, with labels.
+        batch_size: images per forward pass.
+        n_resamples: permutations for the p-values.
+        seed: seed of the permutations.
+
+    Raises:
+        DataError: the images have no labels.
+    """
+    for predictor in predictors:
+        per_image = true_dice(predictor, images, batch_size)
+        report.per_image_dice[predictor.name] = per_image
+        report.dice[predictor.name] = float(per_image.mean())
+    for ranker in report.rankers:
+        results = report.results.get(ranker, {})
+        models = [m for m, r in results.items() if math.isfinite(r.goodness) and m in report.dice]
+        if len(models) < 3:
+            continue
+        x = [results[m].goodness for m in models]
+        y = [report.dice[m] for m in models]
+        report.correlations[ranker] = correlate(x, y, n_resamples=n_resamples, seed=seed)
+    return report
+
+
+def write_report(report: RankingReport, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``ranking.csv``, ``ranking.json``, ``per_image.csv`` and, with labels,
+    ``correlations.csv`` and ``scatter.png``.
+
+    Returns:
+        name → written file.
+    """
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    table = pd.DataFrame(report.table())
+    files["ranking.csv"] = out / "ranking.csv"
+    table.to_csv(files["ranking.csv"], index=False)
+    per_image_rows = []
+    for ranker, by_model in report.results.items():
+        for model, result in by_model.items():
+            for index, value in enumerate(result.per_image):
+                per_image_rows.append(
+                    {"ranker": ranker, "model": model, "image": index, "score": value}
+                )
+    files["per_image.csv"] = out / "per_image.csv"
+    pd.DataFrame(per_image_rows).to_csv(files["per_image.csv"], index=False)
+    payload: dict[str, Any] = {
+        "models": report.models,
+        "rankers": {
+            ranker: {
+                "higher_is_better": next(iter(by_model.values())).higher_is_better,
+                "info": next(iter(by_model.values())).info,
+                "ranking": [{"model": m, "score": _finite(s)} for m, s in report.ranked(ranker)],
+                "seconds": {m: r.seconds for m, r in by_model.items()},
+                "n_scored": {m: r.n_scored for m, r in by_model.items()},
+            }
+            for ranker, by_model in report.results.items()
+            if by_model
+        },
+        "skipped": [list(s) for s in report.skipped],
+        "inference_seconds": report.inference_seconds,
+        "true_dice": report.dice,
+        "correlations": {
+            ranker: {
+                m: {"statistic": _finite(c.statistic), "p_value": _finite(c.p_value)}
+                for m, c in values.items()
+            }
+            for ranker, values in report.correlations.items()
+        },
+    }
+    files["ranking.json"] = out / "ranking.json"
+    _atomic_write(files["ranking.json"], json.dumps(payload, indent=2))
+    if report.correlations:
+        rows = [
+            {
+                "ranker": ranker,
+                "method": m,
+                "statistic": c.statistic,
+                "p_value": c.p_value,
+                "n": c.n,
+            }
+            for ranker, values in report.correlations.items()
+            for m, c in values.items()
+        ]
+        files["correlations.csv"] = out / "correlations.csv"
+        pd.DataFrame(rows).to_csv(files["correlations.csv"], index=False)
+        files["scatter.png"] = plot_scores(
+            {r: report.scores(r) for r in report.correlations},
+            report.dice,
+            out / "scatter.png",
+            report.correlations,
+        )
+    return files
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        """Ignore progress."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _progress_bar(total: int, label: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="img", leave=False)

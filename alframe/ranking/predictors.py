@@ -1,0 +1,272 @@
+"""Candidate models behind one interface: grey-box torch modules and black-box predict functions.
+
+A :class:`Predictor` turns a (B, C, H, W) batch of normalised images into (B, K, H, W) class
+probabilities. Grey-box predictors also expose their ``module``, so feature perturbations (channel
+dropout hooks) and feature-based baselines (Transfer Score) can reach inside; black-box ones only
+give outputs.
+
+Files accepted by :func:`load_predictor`:
+
+- ``.ckpt`` — an alframe checkpoint (:func:`alframe.models.load_task`): grey-box;
+- ``.pt`` / ``.pth`` / ``.ts`` / ``.torchscript`` — a TorchScript module taking an image batch and
+  returning logits: black-box;
+- ``.onnx`` — an ONNX model with the same contract, run with onnxruntime (optional dependency):
+  black-box.
+
+Logits with one channel are read as a binary sigmoid output (K = 2), otherwise softmax over K.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from alframe.errors import ModelError
+
+__all__ = ["Predictor", "load_predictor", "logits_to_probabilities"]
+
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+ONNX_SUFFIXES = (".onnx",)
+CHECKPOINT_SUFFIXES = (".ckpt",)
+
+
+def logits_to_probabilities(logits: np.ndarray) -> np.ndarray:
+    """(B, 1, H, W) sigmoid logits → (B, 2, H, W); (B, K, H, W) softmax logits → probabilities."""
+    x = np.asarray(logits, dtype=np.float64)
+    if x.ndim != 4:
+        raise ModelError(f"a model must return (B, K, H, W) logits, got shape {x.shape}")
+    if x.shape[1] == 1:
+        fg = 1.0 / (1.0 + np.exp(-x))
+        return np.concatenate([1.0 - fg, fg], axis=1).astype(np.float32)
+    shifted = x - x.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass
+class Predictor:
+    """A candidate model.
+
+    Attributes:
+        name: display name (e.g. the checkpoint's file stem).
+        function: maps a (B, C, H, W) float32 tensor / array to logits or probabilities.
+        outputs: what ``function`` returns: ``"logits"`` or ``"proba"``.
+        module: the torch module for grey-box access (None for black-box predictors).
+        num_classes: K when known (inferred from the first output otherwise).
+        recipe: the resolved recipe stored in an alframe checkpoint (its preprocessing), if any.
+        source: where it came from (a path, or a description).
+        array_input: ``function`` takes NumPy arrays (ONNX) instead of torch tensors.
+        device: torch device the batches are moved to.
+    """
+
+    name: str
+    function: Callable[[Any], Any]
+    outputs: Literal["logits", "proba"] = "logits"
+    module: Any = None
+    num_classes: int | None = None
+    recipe: dict[str, Any] | None = None
+    source: str = ""
+    array_input: bool = False
+    device: str = "cpu"
+
+    @property
+    def grey_box(self) -> bool:
+        """Whether the module is reachable (feature perturbations and feature baselines)."""
+        return self.module is not None
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_module(
+        cls, module: Any, name: str = "model", num_classes: int | None = None, **kw: Any
+    ) -> Predictor:
+        """A grey-box predictor from a torch module returning logits (put in eval mode)."""
+        module.eval()
+        return cls(name=name, function=module, module=module, num_classes=num_classes, **kw)
+
+    @classmethod
+    def from_task(cls, task: Any, name: str = "model", source: str = "") -> Predictor:
+        """A grey-box predictor from an alframe :class:`~alframe.models.SegmentationTask`."""
+        recipe = getattr(task, "hparams", {}).get("recipe")
+        return cls.from_module(
+            task,
+            name=name,
+            num_classes=int(task.num_classes),
+            recipe=dict(recipe) if recipe else None,
+            source=source,
+        )
+
+    @classmethod
+    def from_function(
+        cls,
+        function: Callable[[Any], Any],
+        name: str = "model",
+        outputs: Literal["logits", "proba"] = "proba",
+        num_classes: int | None = None,
+    ) -> Predictor:
+        """A black-box predictor from a function of a (B, C, H, W) torch tensor."""
+        if outputs not in ("logits", "proba"):
+            raise ModelError(f"outputs must be 'logits' or 'proba', got {outputs!r}")
+        return cls(name=name, function=function, outputs=outputs, num_classes=num_classes)
+
+    # ------------------------------------------------------------------ inference
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """One forward pass.
+
+        Args:
+            images: (B, C, H, W) float32 normalised images.
+
+        Returns:
+            (B, K, H, W) float32 probabilities (binary models give [1 − p, p]).
+        """
+        import torch
+
+        batch = np.ascontiguousarray(images, dtype=np.float32)
+        with torch.no_grad():
+            if self.array_input:
+                raw = self.function(batch)
+            else:
+                raw = self.function(torch.from_numpy(batch).to(self.device))
+        if isinstance(raw, torch.Tensor):
+            raw = raw.detach().float().cpu().numpy()
+        elif isinstance(raw, list | tuple):  # ONNX sessions return a list of outputs
+            raw = np.asarray(raw[0])
+        out = np.asarray(raw, dtype=np.float32)
+        proba = logits_to_probabilities(out) if self.outputs == "logits" else out
+        if proba.ndim != 4 or proba.shape[0] != batch.shape[0]:
+            raise ModelError(
+                f"{self.name}: expected (B, K, H, W) outputs for a batch of {batch.shape[0]}, got "
+                f"{proba.shape}"
+            )
+        if proba.shape[1] == 1:  # a "proba" function giving only the foreground
+            proba = np.concatenate([1.0 - proba, proba], axis=1)
+        if self.num_classes is None:
+            self.num_classes = int(proba.shape[1])
+        return proba
+
+    def predict_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One forward pass that also captures the decoder output (the head's input).
+
+        Args:
+            images: (B, C, H, W) float32 normalised images.
+
+        Returns:
+            ``(proba (B, K, H, W), features (B, D, H, W))``.
+
+        Raises:
+            ModelError: black-box predictor, or the module has no ``segmentation_head``.
+        """
+        head = _segmentation_head(self.module) if self.module is not None else None
+        if head is None:
+            raise ModelError(
+                f"{self.name}: decoder features need a grey-box smp model (an alframe "
+                "checkpoint); this ranker cannot score black-box models"
+            )
+        captured: list[Any] = []
+
+        def hook(_module: Any, inputs: Any) -> None:
+            captured.append(inputs[0].detach().float().cpu().numpy())
+
+        handle = head.register_forward_pre_hook(hook)
+        try:
+            proba = self.predict_proba(images)
+        finally:
+            handle.remove()
+        return proba, captured[-1]
+
+
+def _segmentation_head(module: Any) -> Any:
+    from torch import nn
+
+    inner = getattr(module, "model", None)
+    if isinstance(inner, nn.Module) and not hasattr(module, "segmentation_head"):
+        module = inner
+    head = getattr(module, "segmentation_head", None)
+    return head if isinstance(head, nn.Module) else None
+
+
+def load_predictor(path: str | os.PathLike[str], device: str = "cpu") -> Predictor:
+    """Load a candidate model from a file (see the module docstring for the formats).
+
+    Args:
+        path: ``.ckpt`` (alframe), TorchScript or ``.onnx`` file.
+        device: torch device for alframe and TorchScript models.
+
+    Returns:
+        The predictor, named after the file (its stem, with the parent folder for checkpoints
+        called ``best`` / ``last``).
+
+    Raises:
+        ModelError: missing or unreadable file, unknown suffix, or onnxruntime not installed.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ModelError(f"model file {file} does not exist; check the path")
+    name = _display_name(file)
+    suffix = file.suffix.lower()
+    if suffix in CHECKPOINT_SUFFIXES:
+        from alframe.models import load_task
+
+        task = load_task(file, map_location=device)
+        predictor = Predictor.from_task(task, name=name, source=str(file))
+        predictor.device = device
+        return predictor
+    if suffix in TORCHSCRIPT_SUFFIXES:
+        import warnings
+
+        import torch
+
+        try:
+            with warnings.catch_warnings():
+                # torch >= 2.9 deprecates TorchScript; it is still the portable black-box format.
+                warnings.simplefilter("ignore", FutureWarning)
+                scripted = torch.jit.load(str(file), map_location=device)
+        except Exception as err:  # torch raises RuntimeError / ValueError / pickle errors
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ModelError(
+                f"{file} is not a TorchScript module ({first[:160]}); export the model with "
+                "torch.jit.script(model).save(path) or torch.jit.trace, or pass an alframe .ckpt"
+            ) from None
+        scripted.eval()
+        return Predictor(name=name, function=scripted, source=str(file), device=device)
+    if suffix in ONNX_SUFFIXES:
+        return _load_onnx(file, name)
+    raise ModelError(
+        f"{file}: unknown model file type {suffix!r}; pass an alframe checkpoint (.ckpt), a "
+        f"TorchScript file ({', '.join(TORCHSCRIPT_SUFFIXES)}) or an ONNX file (.onnx)"
+    )
+
+
+def _load_onnx(file: Path, name: str) -> Predictor:
+    try:
+        import onnxruntime  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        raise ModelError(
+            f"{file}: ONNX models need the onnxruntime package (pip install onnxruntime); or "
+            "export the model to TorchScript (.pt) instead"
+        ) from None
+    try:
+        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ModelError(f"{file} is not a readable ONNX model ({err})") from None
+    input_name = session.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> Any:
+        return session.run(None, {input_name: batch})
+
+    return Predictor(name=name, function=run, source=str(file), array_input=True)
+
+
+def _display_name(file: Path) -> str:
+    if file.stem in ("best", "last") and file.parent.name:
+        parent = file.parent
+        if parent.name == "checkpoints" and parent.parent.name:
+            parent = parent.parent
+        return f"{parent.name}/{file.stem}"
+    return file.stem

@@ -1,0 +1,511 @@
+"""Rankers: label-free scores of a candidate model on target images (CTE and baselines).
+
+Contract (DESIGN.md): ``ranker.score(predictor, images) -> RankerResult`` with per-image scores
+(NaN for skipped images) and a dataset score; ``higher_is_better`` says which way is better, and
+``requires`` says what the ranker needs besides the model's outputs:
+
+- ``"features"`` — grey-box access (feature perturbations, decoder features);
+- ``"source_labels"`` — labelled source images (source-validation Dice).
+
+Rankers are plugins: register a class with ``@RANKERS.register("name")`` (or the
+``alframe.rankers`` entry-point group) and every consumer (the CLI, the benchmark, the contract
+test) picks it up.
+
+Inference budget: CTE runs **exactly two** forward passes per image (clean + perturbed) and the
+output-only baselines one, streamed batch by batch; nothing is kept but per-image scores.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from alframe.errors import ConfigError, ModelError
+from alframe.ranking import scores
+from alframe.ranking.images import TargetImages
+from alframe.ranking.perturbations import (
+    ChannelDropout,
+    InputPerturbation,
+    channel_dropout,
+    make_perturbation,
+)
+from alframe.ranking.predictors import Predictor
+from alframe.registry import Registry
+
+__all__ = [
+    "RANKERS",
+    "CTERanker",
+    "EntropyRanker",
+    "InformationMaximisationRanker",
+    "Ranker",
+    "RankerResult",
+    "SourceDiceRanker",
+    "TransferScoreRanker",
+    "create_ranker",
+]
+
+RANKERS: Registry[type[Ranker]] = Registry("rankers")
+"""Every ranker by name (``alframe rank --method NAME``)."""
+
+ProgressHook = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RankerResult:
+    """What a ranker says about one model.
+
+    Attributes:
+        ranker: the ranker's name.
+        model: the predictor's name.
+        per_image: (N,) float64 scores in image order; NaN where an image was skipped.
+        dataset_score: the model's score (mean of the scored images unless the ranker says
+            otherwise); NaN when no image could be scored.
+        higher_is_better: orientation of the scores.
+        forward_passes: inference passes run per image.
+        seconds: wall time of the scoring (inference included).
+        info: ranker-specific extras (e.g. the perturbation).
+    """
+
+    ranker: str
+    model: str
+    per_image: np.ndarray
+    dataset_score: float
+    higher_is_better: bool
+    forward_passes: int
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_scored(self) -> int:
+        """Images with a finite score."""
+        return int(np.isfinite(self.per_image).sum())
+
+    @property
+    def goodness(self) -> float:
+        """The dataset score oriented so that higher is better (negated when lower is better)."""
+        return self.dataset_score if self.higher_is_better else -self.dataset_score
+
+
+class Ranker(ABC):
+    """Base class of every ranker (see the module docstring for the contract)."""
+
+    name: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    forward_passes: ClassVar[int] = 1
+
+    @property
+    def requires(self) -> frozenset[str]:
+        """What the ranker needs besides outputs: subset of {"features", "source_labels"}."""
+        return frozenset()
+
+    def supports(self, predictor: Predictor) -> bool:
+        """Whether ``predictor`` gives what this ranker needs (grey-box access)."""
+        return "features" not in self.requires or predictor.grey_box
+
+    def describe(self) -> str:
+        """A short label for tables (name plus settings)."""
+        return self.name
+
+    def score(
+        self,
+        predictor: Predictor,
+        images: TargetImages,
+        batch_size: int = 16,
+        progress: ProgressHook | None = None,
+    ) -> RankerResult:
+        """Score one model on the target images.
+
+        Args:
+            predictor: the candidate.
+            images: the target images (N).
+            batch_size: images per forward pass.
+            progress: called with the number of images finished after each batch.
+
+        Returns:
+            Per-image scores (N,) and the dataset score.
+
+        Raises:
+            ModelError: the ranker needs grey-box access and ``predictor`` is black-box.
+        """
+        if not self.supports(predictor):
+            raise ModelError(
+                f"ranker {self.name} needs grey-box access (an alframe checkpoint); "
+                f"{predictor.name} is a black-box model — use an input-perturbation ranker"
+            )
+        started = time.perf_counter()
+        per_image = np.full(len(images), math.nan, dtype=np.float64)
+        state = self._start(predictor)
+        for positions, batch in images.batches(batch_size):
+            per_image[positions] = self._score_batch(predictor, batch, state)
+            if progress is not None:
+                progress(batch.shape[0])
+        dataset = self._dataset_score(per_image, state)
+        return RankerResult(
+            ranker=self.describe(),
+            model=predictor.name,
+            per_image=per_image,
+            dataset_score=dataset,
+            higher_is_better=self.higher_is_better,
+            forward_passes=self.forward_passes,
+            seconds=time.perf_counter() - started,
+            info=self._info(),
+        )
+
+    def _start(self, predictor: Predictor) -> dict[str, Any]:
+        """Per-model state (generators, accumulators) created before the first batch."""
+        return {}
+
+    @abstractmethod
+    def _score_batch(
+        self, predictor: Predictor, batch: np.ndarray, state: dict[str, Any]
+    ) -> np.ndarray:
+        """(b,) scores of a (b, C, H, W) batch."""
+
+    def _dataset_score(self, per_image: np.ndarray, state: dict[str, Any]) -> float:
+        finite = per_image[np.isfinite(per_image)]
+        return float(finite.mean()) if finite.size else math.nan
+
+    def _info(self) -> dict[str, Any]:
+        return {}
+
+
+def create_ranker(name: str, **params: Any) -> Ranker:
+    """Build a registered ranker by name (unknown names list close matches).
+
+    Raises:
+        ConfigError: unknown name or parameter.
+    """
+    ranker = RANKERS.create(name, **params)
+    if not isinstance(ranker, Ranker):
+        raise ConfigError(f"ranker {name!r} did not build a Ranker (got {type(ranker).__name__})")
+    return ranker
+
+
+# ------------------------------------------------------------------------------------- CTE
+
+
+def connected_components(proba: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Default instance post-processing: 8-connected components of the foreground.
+
+    Args:
+        proba: (K, H, W) probabilities; the foreground is ``1 − p(background) > threshold``.
+        threshold: foreground threshold.
+
+    Returns:
+        (H, W) int64 instance labels (0 = background).
+    """
+    from skimage.measure import label
+
+    foreground = (1.0 - np.asarray(proba)[0]) > threshold
+    return np.asarray(label(foreground, connectivity=2), dtype=np.int64)
+
+
+class CTERanker(Ranker):
+    """Consistency-based transferability estimation: clean vs perturbed prediction.
+
+    Args:
+        score: ``"ei"`` (effective invariance), ``"nhd"`` (1 − normalised Hamming distance) or
+            ``"ars"`` (instance label maps, 1 − adapted Rand error).
+        perturbation: one of :data:`~alframe.ranking.perturbations.PERTURBATIONS`; ``dropout``
+            and ``dropout-all`` need grey-box access.
+        low: lower strength of an input perturbation (default from the spec).
+        high: upper strength of an input perturbation.
+        p: channel-dropout proportion.
+        seed: seed of the perturbation generator, created afresh for every model so that all
+            models see the same perturbations.
+        threshold: foreground threshold t.
+        postprocess: ``"ars"`` only — (K, H, W) probabilities → (H, W) instance labels; default
+            connected components of the foreground.
+    """
+
+    higher_is_better: ClassVar[bool] = True
+    forward_passes: ClassVar[int] = 2
+    default_score: ClassVar[str] = "ei"
+
+    def __init__(
+        self,
+        score: str | None = None,
+        perturbation: str = "gauss",
+        low: float | None = None,
+        high: float | None = None,
+        p: float | None = None,
+        seed: int = 42,
+        threshold: float = 0.5,
+        postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.score_kind = score or self.default_score
+        if self.score_kind not in ("ei", "nhd", "ars"):
+            raise ConfigError(f"CTE score {self.score_kind!r}: expected ei, nhd or ars")
+        self.perturbation = make_perturbation(perturbation, low=low, high=high, p=p)
+        self.seed = int(seed)
+        if not 0.0 < threshold < 1.0:
+            raise ConfigError(f"CTE threshold must be in (0, 1), got {threshold}")
+        self.threshold = float(threshold)
+        self.postprocess = postprocess or (
+            lambda proba: connected_components(proba, self.threshold)
+        )
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return (
+            frozenset({"features"})
+            if isinstance(self.perturbation, ChannelDropout)
+            else frozenset()
+        )
+
+    def describe(self) -> str:
+        return f"cte-{self.score_kind}[{self.perturbation.kind}]"
+
+    def _start(self, predictor: Predictor) -> dict[str, Any]:
+        return {"rng": np.random.default_rng(self.seed)}
+
+    def _perturbed(
+        self, predictor: Predictor, batch: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        if isinstance(self.perturbation, InputPerturbation):
+            return predictor.predict_proba(self.perturbation.apply(batch, rng))
+        with channel_dropout(predictor.module, self.perturbation, rng):
+            return predictor.predict_proba(batch)
+
+    def _score_batch(
+        self, predictor: Predictor, batch: np.ndarray, state: dict[str, Any]
+    ) -> np.ndarray:
+        clean = predictor.predict_proba(batch)
+        perturbed = self._perturbed(predictor, batch, state["rng"])
+        out = np.empty(batch.shape[0], dtype=np.float64)
+        for i in range(batch.shape[0]):
+            if self.score_kind == "ei":
+                out[i] = scores.effective_invariance(clean[i], perturbed[i], self.threshold)
+            elif self.score_kind == "nhd":
+                out[i] = scores.nhd_score(clean[i], perturbed[i], self.threshold)
+            else:
+                out[i] = scores.adapted_rand_score(
+                    self.postprocess(clean[i]), self.postprocess(perturbed[i])
+                )
+        return out
+
+    def _info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"perturbation": self.perturbation.kind, "seed": self.seed}
+        if isinstance(self.perturbation, InputPerturbation):
+            info.update(low=self.perturbation.low, high=self.perturbation.high)
+        else:
+            info.update(p=self.perturbation.p, where=self.perturbation.where)
+        return info
+
+
+@RANKERS.register("cte-ei")
+class CTEEffectiveInvariance(CTERanker):
+    """CTE with effective invariance (the authors' best semantic score)."""
+
+    name = "cte-ei"
+    default_score = "ei"
+
+
+@RANKERS.register("cte-nhd")
+class CTEHamming(CTERanker):
+    """CTE with 1 − normalised Hamming distance (= IoU of clean and perturbed masks)."""
+
+    name = "cte-nhd"
+    default_score = "nhd"
+
+
+@RANKERS.register("cte-ars")
+class CTEAdaptedRand(CTERanker):
+    """CTE for instance segmentation: 1 − adapted Rand error of the two label maps."""
+
+    name = "cte-ars"
+    default_score = "ars"
+
+
+# ------------------------------------------------------------------------- baselines
+
+
+@RANKERS.register("entropy")
+class EntropyRanker(Ranker):
+    """Mean pixel entropy of the predictions (nats); lower is better."""
+
+    name = "entropy"
+    higher_is_better = False
+
+    def _score_batch(
+        self, predictor: Predictor, batch: np.ndarray, state: dict[str, Any]
+    ) -> np.ndarray:
+        proba = predictor.predict_proba(batch)
+        return np.array([scores.mean_entropy(p) for p in proba])
+
+
+@RANKERS.register("im")
+class InformationMaximisationRanker(Ranker):
+    """IM = H(mean p) − mean H(p); higher is better.
+
+    Per image the mean runs over its pixels; the dataset score uses the marginal over all pixels
+    of all images (so a model predicting one class everywhere scores low even if every image
+    alone looks confident).
+    """
+
+    name = "im"
+    higher_is_better = True
+
+    def _start(self, predictor: Predictor) -> dict[str, Any]:
+        return {"marginal": None, "pixels": 0, "entropy_sum": 0.0}
+
+    def _score_batch(
+        self, predictor: Predictor, batch: np.ndarray, state: dict[str, Any]
+    ) -> np.ndarray:
+        proba = predictor.predict_proba(batch).astype(np.float64)
+        flat = proba.transpose(1, 0, 2, 3).reshape(proba.shape[1], -1)
+        total = flat.sum(axis=1)
+        state["marginal"] = total if state["marginal"] is None else state["marginal"] + total
+        state["pixels"] += flat.shape[1]
+        p = np.clip(flat, 1e-12, 1.0)
+        state["entropy_sum"] += float(-(p * np.log(p)).sum())
+        return np.array([scores.information_maximisation(p) for p in proba])
+
+    def _dataset_score(self, per_image: np.ndarray, state: dict[str, Any]) -> float:
+        if not state["pixels"]:
+            return math.nan
+        marginal = np.clip(state["marginal"] / state["pixels"], 1e-12, 1.0)
+        return float(-(marginal * np.log(marginal)).sum() - state["entropy_sum"] / state["pixels"])
+
+
+def classifier_uniformity(weights: np.ndarray | None) -> float:
+    """Deviation of the class weight vectors from a uniform (simplex) arrangement.
+
+    U = mean over class pairs i ≠ j of |cos(w_i, w_j) + 1/(K − 1)|: 0 when the K weight vectors
+    are spread like a regular simplex. Single-output (sigmoid) heads and missing weights give 0,
+    as the spec says.
+
+    Args:
+        weights: (K, ...) classifier weights (one row per output channel) or None.
+    """
+    if weights is None:
+        return 0.0
+    w = np.asarray(weights, dtype=np.float64).reshape(np.asarray(weights).shape[0], -1)
+    k = w.shape[0]
+    if k < 2:
+        return 0.0
+    norms = np.linalg.norm(w, axis=1, keepdims=True)
+    unit = w / np.maximum(norms, 1e-12)
+    cosine = unit @ unit.T
+    off = ~np.eye(k, dtype=bool)
+    return float(np.abs(cosine[off] + 1.0 / (k - 1)).mean())
+
+
+@RANKERS.register("transfer-score")
+class TransferScoreRanker(Ranker):
+    """Transfer Score (Yang et al., ICLR 2024) adapted to segmentation; higher is better.
+
+    Per image: Hopkins statistic of the decoder features of ``n_pixels`` random pixels + mutual
+    information of the pixel predictions / ln K − classifier-weight uniformity of the
+    segmentation head (0 for a single sigmoid output). Needs grey-box access.
+
+    Args:
+        n_pixels: pixels sampled per image for the Hopkins statistic.
+        n_probes: Hopkins probes per image.
+        seed: seed of the pixel / probe sampling (fresh per model).
+    """
+
+    name = "transfer-score"
+    higher_is_better = True
+
+    def __init__(self, n_pixels: int = 256, n_probes: int = 64, seed: int = 0) -> None:
+        if n_pixels < 3 or n_probes < 1:
+            raise ConfigError("transfer-score: n_pixels must be >= 3 and n_probes >= 1")
+        self.n_pixels = int(n_pixels)
+        self.n_probes = int(n_probes)
+        self.seed = int(seed)
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return frozenset({"features"})
+
+    def _start(self, predictor: Predictor) -> dict[str, Any]:
+        from alframe.ranking.predictors import _segmentation_head
+
+        head = _segmentation_head(predictor.module)
+        weight = None
+        if head is not None:
+            convs = [m for m in head.modules() if hasattr(m, "weight") and m.weight is not None]
+            if convs:
+                weight = convs[-1].weight.detach().cpu().numpy()
+        return {
+            "rng": np.random.default_rng(self.seed),
+            "uniformity": classifier_uniformity(weight),
+        }
+
+    def _score_batch(
+        self, predictor: Predictor, batch: np.ndarray, state: dict[str, Any]
+    ) -> np.ndarray:
+        proba, features = predictor.predict_with_features(batch)
+        rng: np.random.Generator = state["rng"]
+        out = np.empty(batch.shape[0], dtype=np.float64)
+        for i in range(batch.shape[0]):
+            flat = features[i].reshape(features.shape[1], -1).T  # (H·W, D)
+            take = rng.choice(flat.shape[0], size=min(self.n_pixels, flat.shape[0]), replace=False)
+            hopkins = scores.hopkins_statistic(flat[take], rng, self.n_probes)
+            out[i] = hopkins + scores.mutual_information(proba[i]) - state["uniformity"]
+        return out
+
+
+@RANKERS.register("source-dice")
+class SourceDiceRanker(Ranker):
+    """Dice on labelled *source* validation images (needs source labels, not target ones).
+
+    The per-image scores are over the source images (not the target images), so ``per_image``
+    has one entry per source image.
+
+    Args:
+        source: labelled source images; required at scoring time.
+    """
+
+    name = "source-dice"
+    higher_is_better = True
+
+    def __init__(self, source: TargetImages | None = None) -> None:
+        self.source = source
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return frozenset({"source_labels"})
+
+    def score(
+        self,
+        predictor: Predictor,
+        images: TargetImages,
+        batch_size: int = 16,
+        progress: ProgressHook | None = None,
+    ) -> RankerResult:
+        if self.source is None or not self.source.has_labels:
+            raise ConfigError(
+                "source-dice needs labelled source images: pass --source DIR (images/ + masks/)"
+            )
+        result = super().score(predictor, self.source, batch_size, None)
+        if progress is not None:
+            progress(len(images))
+        return result
+
+    def _start(self, predictor: Predictor) -> dict[str, Any]:
+        if self.source is None:  # score() checks this first; _start is not public
+            raise ConfigError("source-dice needs labelled source images")
+        return {"labels": self.source.label_array(), "position": 0}
+
+    def _score_batch(
+        self, predictor: Predictor, batch: np.ndarray, state: dict[str, Any]
+    ) -> np.ndarray:
+        proba = predictor.predict_proba(batch)
+        start = state["position"]
+        state["position"] += batch.shape[0]
+        labels = state["labels"][start : state["position"]]
+        k = proba.shape[1]
+        return np.array(
+            [
+                scores.per_image_dice(p.argmax(axis=0), t, k)
+                for p, t in zip(proba, labels, strict=True)
+            ]
+        )

@@ -1,0 +1,201 @@
+"""``alframe rank`` and ``alframe adapt`` end to end on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from alframe.cli.main import main
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from alframe.adapt import save_task_checkpoint
+    from alframe.config import recipe_from_dict
+    from alframe.data import synthetic_recipe_dict, write_synthetic_dataset
+    from alframe.models import SegmentationTask
+
+    root = tmp_path_factory.mktemp("rank_cli")
+    write_synthetic_dataset(root / "data", n_images=6, image_size=32, seed=0)
+    raw = synthetic_recipe_dict(root / "data", image_size=32)
+    raw["model"]["extra"] = {"decoder_channels": [16, 8, 8]}
+    recipe = recipe_from_dict(raw)
+    paths: dict[str, Path] = {"root": root, "data": root / "data"}
+    state = torch.random.get_rng_state()
+    try:
+        for seed in (0, 1):
+            torch.manual_seed(seed)  # restored below
+            task = SegmentationTask.from_recipe(recipe, load_weights=False)
+            paths[f"ckpt{seed}"] = save_task_checkpoint(task, root / f"model{seed}.ckpt", 0)
+    finally:
+        torch.random.set_rng_state(state)
+    traced = torch.jit.trace(task.model.eval(), torch.zeros(1, 1, 32, 32))
+    paths["script"] = root / "scripted.pt"
+    traced.save(str(paths["script"]))
+    return paths
+
+
+def test_rank_end_to_end_with_labels(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = setup["data"] / "target"
+    out = tmp_path / "out"
+    code = main(
+        [
+            "rank",
+            "--checkpoints",
+            str(setup["ckpt0"]),
+            str(setup["ckpt1"]),
+            str(setup["script"]),
+            "--images",
+            str(target / "images"),
+            "--labels",
+            str(target / "masks"),
+            "--method",
+            "cte-ei",
+            "--method",
+            "entropy",
+            "--method",
+            "transfer-score",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "--no-track",
+            "--no-progress",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "sorted by cte-ei[gauss]" in printed
+    assert "skipped transfer-score for scripted" in printed
+    assert "spearman" in printed and "true_dice" in printed
+    payload = json.loads((out / "ranking.json").read_text())
+    assert len(payload["rankers"]["cte-ei[gauss]"]["ranking"]) == 3
+    assert set(payload["true_dice"]) == {"model0", "model1", "scripted"}
+    for name in ("ranking.csv", "per_image.csv", "correlations.csv", "scatter.png"):
+        assert (out / name).is_file(), name
+
+
+def test_rank_logs_to_the_tracker(
+    setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+
+    import alframe.tracking
+
+    logged: dict[str, Any] = {"metrics": {}, "artifacts": []}
+
+    class FakeTracker:
+        def __init__(self, experiment: str) -> None:
+            logged["experiment"] = experiment
+
+        @contextlib.contextmanager
+        def run(self, name: str) -> Any:
+            yield "run-1"
+
+        def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+            logged["params"] = params
+
+        def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+            logged["metrics"].update(metrics)
+
+        def log_artifact(self, run_id: str, path: Path) -> None:
+            logged["artifacts"].append(Path(path).name)
+
+        def ui_command(self) -> str:
+            return "mlflow ui"
+
+    monkeypatch.setattr(alframe.tracking, "Tracker", FakeTracker)
+    code = main(
+        [
+            "rank",
+            "-c",
+            str(setup["ckpt0"]),
+            "-i",
+            str(setup["data"] / "target"),
+            "-m",
+            "im",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert logged["experiment"] == "alframe-rank"
+    assert "im/model0" in logged["metrics"]
+    assert "ranking.json" in logged["artifacts"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "cte-e"], "Did you mean 'cte-ei'"),
+        (["--method", "source-dice"], "--source"),
+        (["--perturbation", "blur"], "unknown perturbation"),
+        (["--images", "/nonexistent/folder"], "no such folder"),
+        (["--checkpoints", "/nonexistent/m.ckpt"], "does not exist"),
+        (["--checkpoints", "ONNX"], "onnxruntime"),
+        (["--checkpoints", "TEXT"], "unknown model file type"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_rank_user_errors_exit_2(
+    setup: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"not really onnx")
+    text = tmp_path / "model.txt"
+    text.write_text("hello")
+    extra = [str(onnx) if e == "ONNX" else str(text) if e == "TEXT" else e for e in extra]
+    args = ["rank", "-c", str(setup["ckpt0"]), "-i", str(setup["data"] / "target")]
+    args += ["--out", str(tmp_path / "o"), "--no-track", "--no-progress", *extra]
+    code = main(args)
+    error = capsys.readouterr().err
+    assert code == 2
+    assert message in error
+    assert len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "ranking.json").exists()
+
+
+def test_adapt_cli_writes_rankable_zoo(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zoo = tmp_path / "zoo"
+    target = str(setup["data"] / "target" / "images")
+    code = main(["adapt", "-c", str(setup["ckpt0"]), "-t", target, "-m", "adabn", "-o", str(zoo)])
+    assert code == 0
+    assert (zoo / "epoch_001.ckpt").is_file()
+    code = main(
+        [
+            "rank",
+            "-c",
+            str(zoo / "epoch_001.ckpt"),
+            "-i",
+            target,
+            "--no-track",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    assert code == 0
+    capsys.readouterr()
+    assert (
+        main(["adapt", "-c", str(setup["ckpt0"]), "-t", target, "-m", "dann", "-o", str(zoo)]) == 2
+    )
+    assert "unknown adapters name" in capsys.readouterr().err
+    assert (
+        main(["adapt", "-c", str(setup["ckpt0"]), "-t", target, "-m", "adabn", "-o", str(zoo)]) == 2
+    )
+    assert "--overwrite" in capsys.readouterr().err
