@@ -148,6 +148,24 @@ def test_full_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert not Path(str(checkpoint.relative_to(project))).is_absolute()
     assert (project / "train" / "001" / "eval_target_test.csv").is_file()
 
+    # RPG pseudo-labels for the rest of the pool from the 7 human labels, then train on both.
+    assert main(["round", "pseudolabel", str(project)]) == 0
+    assert "from 7 labelled references" in capsys.readouterr().out
+    with open_project(project) as opened:
+        status = project_status(opened)
+        pseudo_files = {
+            r["id"]: read_label_png(opened.path(r["path"]))
+            for r in opened.store.query("SELECT id, path FROM pseudo_labels")
+        }
+        human = set(opened.label_files())
+    assert status["pseudo_labelled"] == status["pool"] - 7
+    assert not human & set(pseudo_files)  # human labels are never overwritten
+    for item, labels in pseudo_files.items():
+        assert labels.shape == truth_mask(project, item).shape
+        assert set(np.unique(labels)) <= {0, 1}
+    assert main(["round", "train", str(project), "--no-track", "--pseudo-labels"]) == 0
+    assert f"(+{status['pool'] - 7} pseudo-labelled)" in capsys.readouterr().out
+
 
 def test_tiff_nifti_and_manifest_imports(tmp_path: Path) -> None:
     import nibabel as nib
@@ -204,6 +222,26 @@ def test_pseudo_label_extension_point(tmp_path: Path) -> None:
         assert record_pseudo_labels(opened, fake, source="test") == 3  # the human label wins
         status = project_status(opened)
     assert status["pseudo_labelled"] == 3 and status["labelled"] == 1
+
+
+def test_pseudolabel_needs_labels_and_a_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = make_project(tmp_path, annotators=("solo",), overlap=0.0, budget=2)
+    before = state_digest(project)
+    assert main(["round", "pseudolabel", str(project)]) == 2
+    assert "nothing is labelled yet" in capsys.readouterr().err
+    items = sorted(assignments(project))
+    write_mask_folder(project, tmp_path / "masks", {items[0]: ["solo"]})
+    with open_project(project) as opened:
+        import_labels(opened, tmp_path / "masks")
+    before = state_digest(project)
+    assert main(["round", "pseudolabel", str(project)]) == 2
+    assert "run `alframe round train DIR` first" in capsys.readouterr().err
+    missing = tmp_path / "nope.ckpt"
+    assert main(["round", "pseudolabel", str(project), "--checkpoint", str(missing)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert state_digest(project) == before
 
 
 def test_interrupted_init_is_redone_and_a_held_lock_refuses(tmp_path: Path) -> None:

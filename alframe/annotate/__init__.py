@@ -3,7 +3,8 @@
 ``alframe project init`` creates a project (:func:`init_project`); ``round next`` selects and
 exports a batch (:func:`next_round`); ``round import`` validates and commits masks
 (:func:`import_labels`); ``round status`` reports progress and agreement
-(:func:`project_status`); ``round train`` trains on the labels (:func:`train_round`). State lives
+(:func:`project_status`); ``round pseudolabel`` records RPG pseudo-labels for unlabelled items
+(:func:`pseudo_label_project`); ``round train`` trains on the labels (:func:`train_round`). State lives
 in one SQLite store per project; see :mod:`alframe.annotate.store` for the crash-safety design.
 Nothing here imports torch until training starts.
 """
@@ -21,6 +22,7 @@ from alframe.annotate.project import (
     open_project,
 )
 from alframe.annotate.pseudo import PseudoLabelProvider, pseudo_label_paths, record_pseudo_labels
+from alframe.annotate.pseudo_rpg import ProjectPseudoLabels, pseudo_label_project
 from alframe.annotate.status import format_status, project_status
 from alframe.annotate.training import RoundTraining, train_round
 
@@ -28,6 +30,7 @@ __all__ = [
     "STORED_IGNORE",
     "ImportReport",
     "Project",
+    "ProjectPseudoLabels",
     "ProjectSettings",
     "PseudoLabelProvider",
     "RoundExport",
@@ -42,6 +45,7 @@ __all__ = [
     "open_project",
     "project_status",
     "pseudo_label_paths",
+    "pseudo_label_project",
     "record_pseudo_labels",
     "summarize_agreement",
     "to_class_indices",

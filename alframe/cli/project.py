@@ -6,6 +6,7 @@
     alframe round next DIR --budget B [--strategy S]
     alframe round import DIR --from PATH [--annotator A] [--replace]
     alframe round status DIR [--json]
+    alframe round pseudolabel DIR [--checkpoint latest|PATH]
     alframe round train DIR [--pseudo-labels]
     alframe export nnunet DIR OUT [--dataset-id N]
 """
@@ -104,6 +105,20 @@ def cmd_round_status(args: argparse.Namespace) -> int:
         _notes(project)
         status = project_status(project)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def cmd_round_pseudolabel(args: argparse.Namespace) -> int:
+    from alframe.annotate import open_project, pseudo_label_project
+
+    with open_project(args.dir) as project:
+        _notes(project)
+        result = pseudo_label_project(project, args.checkpoint)
+    print(
+        f"recorded {result.n_recorded} pseudo-labels from {result.n_references} labelled "
+        f"references (model {result.checkpoint}; mean confidence {result.mean_confidence:.3f}); "
+        "train on them with `alframe round train DIR --pseudo-labels`"
+    )
     return 0
 
 
@@ -207,6 +222,18 @@ def add_commands(sub: Any) -> None:
     status.add_argument("dir", help="project folder")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_round_status)
+
+    pseudo = round_sub.add_parser(
+        "pseudolabel",
+        help="RPG pseudo-labels for unlabelled items from the human labels (stored apart)",
+    )
+    pseudo.add_argument("dir", help="project folder")
+    pseudo.add_argument(
+        "--checkpoint",
+        default="latest",
+        help="model whose decoder features are matched (default: latest `round train` model)",
+    )
+    pseudo.set_defaults(handler=cmd_round_pseudolabel)
 
     train = round_sub.add_parser("train", help="train on the labels and evaluate")
     train.add_argument("dir", help="project folder")
