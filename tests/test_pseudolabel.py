@@ -296,3 +296,35 @@ def test_semisupervised_fit_end_to_end(tmp_path: Path) -> None:
     assert stored["pseudo_cfg"]["warmup_fraction"] == 0.5
     task = load_task(result.best_checkpoint)  # an ordinary segmentation checkpoint
     assert _hooks(task.model) == 0
+
+
+def _blobs(
+    rng: np.random.Generator, centres: np.ndarray, n: int, spread: float = 0.05
+) -> np.ndarray:
+    points = np.concatenate([c + spread * rng.standard_normal((n, c.size)) for c in centres])
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_prototype_bank_keeps_every_mode_and_labels_like_the_full_bank() -> None:
+    from alframe.pseudolabel.matching import ReferenceBank, match_labels, prototype_bank
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((6, 16))  # three modes per class
+    labels = np.repeat([0, 0, 0, 1, 1, 1], 200)
+    bank = ReferenceBank(
+        torch.from_numpy(_blobs(rng, centres, 200)),
+        torch.from_numpy(labels),
+        torch.rand(labels.size, 2, generator=torch.Generator().manual_seed(0)),
+        2,
+    )
+    compact = prototype_bank(bank, 4, seed=0)
+    assert compact.class_counts().tolist() == [4, 4]
+    assert torch.allclose(compact.features.norm(dim=1), torch.ones(8), atol=1e-5)
+    assert compact.positions.min() >= 0 and compact.positions.max() <= 1
+    queries = torch.from_numpy(_blobs(rng, centres, 40))
+    full = match_labels(queries, bank).labels
+    assert torch.equal(match_labels(queries, compact).labels, full)
+    # Same seed, same prototypes; a class with fewer pixels than prototypes keeps its pixels.
+    assert torch.equal(prototype_bank(bank, 4, seed=0).features, compact.features)
+    small = ReferenceBank(bank.features[:3], bank.labels[:3], bank.positions[:3], 2)
+    assert torch.equal(prototype_bank(small, 4).features, small.features)

@@ -31,10 +31,11 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 from PIL import Image
 
+from alframe._atomic import atomic_write_bytes, fsync_folder
 from alframe.annotate.assign import assign_annotators
 from alframe.annotate.faults import checkpoint
 from alframe.annotate.project import Project, ProjectSettings, check_annotators
-from alframe.annotate.store import StateStore, atomic_write_bytes, fsync_folder, now
+from alframe.annotate.store import StateStore, now
 from alframe.data.samples import Sample
 from alframe.errors import ConfigError, DataError
 

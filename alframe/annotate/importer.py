@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from alframe._atomic import atomic_write_bytes
 from alframe.annotate.faults import checkpoint
 from alframe.annotate.formats import (
     IGNORE_LABEL_NAMES,
@@ -42,7 +43,7 @@ from alframe.annotate.formats import (
     to_class_indices,
 )
 from alframe.annotate.project import STORED_IGNORE, Project
-from alframe.annotate.store import StateStore, atomic_write_bytes, now
+from alframe.annotate.store import StateStore, now
 from alframe.data.samples import Sample, file_stem
 from alframe.errors import ConfigError, DataError, StateError
 

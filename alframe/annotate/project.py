@@ -32,14 +32,9 @@ from typing import Any
 
 import yaml
 
+from alframe._atomic import atomic_write_bytes, fsync_folder
 from alframe.annotate.faults import checkpoint
-from alframe.annotate.store import (
-    ProjectLock,
-    StateStore,
-    atomic_write_bytes,
-    fsync_folder,
-    now,
-)
+from alframe.annotate.store import ProjectLock, StateStore, now
 from alframe.config import Recipe, recipe_from_dict, recipe_to_dict
 from alframe.data.samples import Sample
 from alframe.errors import ConfigError, DataError, StateError

@@ -19,10 +19,11 @@ from typing import Protocol
 
 import numpy as np
 
+from alframe._atomic import atomic_write_bytes
 from alframe.annotate.faults import checkpoint
 from alframe.annotate.formats import encode_label_png, label_sha256
 from alframe.annotate.project import STORED_IGNORE, Project
-from alframe.annotate.store import StateStore, atomic_write_bytes, now
+from alframe.annotate.store import StateStore, now
 from alframe.errors import DataError
 
 

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from alframe._atomic import atomic_write_bytes, fsync_folder
 from alframe.annotate.faults import checkpoint
 from alframe.annotate.formats import read_label_png
 from alframe.annotate.project import STORED_IGNORE, Project
 from alframe.annotate.pseudo import pseudo_label_paths
-from alframe.annotate.store import StateStore, atomic_write_bytes, fsync_folder, now
+from alframe.annotate.store import StateStore, now
 from alframe.config import Recipe, dump_recipe, recipe_from_dict, recipe_to_dict
 from alframe.config.loading import apply_overrides
 from alframe.data.samples import Sample

@@ -303,6 +303,9 @@ class RPGConfig(_Strict):
     match_stride: int = Field(
         1, ge=1, description="pool features by this factor before matching (speed vs detail)"
     )
+    prototypes_per_class: int | None = Field(
+        None, ge=1, description="match k-means prototypes per class instead of every pixel"
+    )
     seed: int = Field(0, description="seed of the class-balanced reference sample")
 
 

@@ -404,10 +404,44 @@ def _as_loader(data: DataSource, batch_size: int, num_workers: int) -> DataLoade
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device extraction runs on.
+
+    Args:
+        device: ``None`` or ``"auto"``: CUDA when torch sees a GPU, else the CPU; ``"cpu"``;
+            ``"cuda"`` / ``"gpu"`` (the current CUDA device) or ``"cuda:N"``; or a
+            ``torch.device``.
+
+    Returns:
+        The device.
+
+    Raises:
+        ModelError: an unknown device string, or a CUDA device that this machine does not have
+            (say ``"auto"`` or ``"cpu"`` instead).
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if isinstance(device, str) and device.strip().lower() == "gpu":
+        device = "cuda"
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelError(
+            f"unknown device {device!r} ({err}); use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
+    if target.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if available == 0:
+            raise ModelError(
+                f"device {str(target)!r} requested but torch sees no CUDA device; use 'auto' "
+                "(GPU when present, else CPU) or 'cpu'"
+            )
+        if target.index is not None and target.index >= available:
+            raise ModelError(
+                f"device {str(target)!r} requested but torch sees only {available} CUDA "
+                f"device(s) (cuda:0 to cuda:{available - 1})"
+            )
+    return target
 
 
 def pool_features(
@@ -457,7 +491,7 @@ def iter_embeddings(
     embedder = encoder if isinstance(encoder, Embedder) else Embedder(encoder, "module", "", 0)
     module = embedder.module
     loader = _as_loader(data, batch_size, num_workers)
-    target = _device(device)
+    target = resolve_device(device)
     first = next(iter(module.parameters()), None)
     home = first.device if first is not None else torch.device("cpu")
     was_training = module.training
@@ -534,14 +568,16 @@ def extract_embeddings(
         batch_size: images per forward pass.
         concat_penultimate: also use the penultimate stage.
         progress: show a progress bar.
-        device: ``None``: CUDA when available, else CPU.
+        device: ``None`` or ``"auto"``: CUDA when available, else CPU; ``"cpu"``, ``"cuda"``
+            (alias ``"gpu"``), ``"cuda:N"`` or a ``torch.device`` (see :func:`resolve_device`).
         num_workers: DataLoader workers (when a dataset is given).
 
     Returns:
         (N, D) float32 array with unit rows, row i = item i.
 
     Raises:
-        ModelError: the images' channel count does not match the encoder.
+        ModelError: the images' channel count does not match the encoder, or a CUDA device
+            was asked for that this machine does not have.
         ValueError: empty dataset, or a shuffling DataLoader.
     """
     array, _ = extract_embeddings_and_ids(

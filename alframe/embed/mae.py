@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alframe._atomic import atomic_write_text
 from alframe.config.schema import MAEConfig, Recipe
 from alframe.errors import ConfigError, DataError, ModelError
 
@@ -474,15 +475,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = _tmp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _atomic_save_safetensors(
     tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path
 ) -> None:
@@ -543,7 +535,7 @@ def save_mae(
     encoder_file = folder / "mae_encoder.safetensors"
     meta = {k: str(v) for k, v in info.items() if not isinstance(v, list | dict)}
     _atomic_save_safetensors(encoder_state, meta, encoder_file)
-    _atomic_write_text(folder / "mae_encoder.json", json.dumps(info, indent=2) + "\n")
+    atomic_write_text(folder / "mae_encoder.json", json.dumps(info, indent=2) + "\n")
     return checkpoint, encoder_file
 
 

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from alframe._atomic import atomic_write_bytes, fsync_folder
 from alframe.annotate.faults import checkpoint
 from alframe.annotate.formats import read_label_png
 from alframe.annotate.project import STORED_IGNORE, Project
-from alframe.annotate.store import atomic_write_bytes, fsync_folder
 from alframe.errors import ConfigError, DataError, StateError
 
 _DATASET_PATTERN = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_.\-]+$")

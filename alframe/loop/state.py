@@ -23,13 +23,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from alframe._atomic import atomic_write_text
 from alframe.errors import StateError
 
 MANIFEST_NAME = "manifest.json"
@@ -125,39 +125,6 @@ def content_checksum(content: Mapping[str, Any]) -> str:
 def fingerprint(data: Any) -> str:
     """Short hex digest identifying a configuration (e.g. what decides a run's results)."""
     return hashlib.sha256(canonical_json(data).encode("utf-8")).hexdigest()[:16]
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` so that readers see the old file or the whole new one, never a part.
-
-    Temporary file in the same folder, flush + fsync, ``os.replace``, then fsync of the folder
-    so the rename itself survives a power cut.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-    )
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    try:
-        folder = os.open(target.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return target
-    try:
-        os.fsync(folder)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(folder)
-    return target
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:

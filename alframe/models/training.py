@@ -15,7 +15,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +90,7 @@ def fit_segmentation(
     logger: Logger | Iterable[Logger] | None = None,
     callbacks: Iterable[Callback] = (),
     overwrite: bool = False,
+    task_factory: Callable[[], SegmentationTask] | None = None,
 ) -> TrainResult:
     """Train a segmentation model as the recipe says and keep the best checkpoint.
 
@@ -103,6 +104,9 @@ def fit_segmentation(
             no logger (nothing is written outside ``out_dir``).
         callbacks: extra Lightning callbacks.
         overwrite: replace an existing ``best.ckpt`` in ``out_dir`` instead of refusing.
+        task_factory: builds the Lightning task (called after seeding, so its random
+            initialisation is reproducible); default ``SegmentationTask.from_recipe(recipe)``.
+            Variants such as semi-supervised training pass their own task and batches.
 
     Returns:
         The best checkpoint, its validation Dice, epochs run, wall time and per-epoch history.
@@ -128,7 +132,7 @@ def fit_segmentation(
 
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     # Built after seeding so that the random initialisation is reproducible.
-    task = SegmentationTask.from_recipe(recipe)
+    task = task_factory() if task_factory is not None else SegmentationTask.from_recipe(recipe)
 
     cfg = recipe.train
     checkpoint = ModelCheckpoint(

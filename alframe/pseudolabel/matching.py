@@ -40,6 +40,7 @@ __all__ = [
     "grid_positions",
     "l2_normalize",
     "match_labels",
+    "prototype_bank",
     "resize_labels",
     "resolve_backend",
 ]
@@ -48,6 +49,13 @@ IGNORE_LABEL = -1
 """Label of pixels without a pseudo-label (filtered out, or unlabelled reference pixels)."""
 
 DEFAULT_CHUNK_SIZE = 4096
+"""Fewest queries per block when ``chunk_size`` is automatic."""
+
+SCORE_BLOCK_ELEMENTS = 1 << 25
+"""Automatic ``chunk_size``: queries × bank rows per block stay within this (128 MiB float32)."""
+
+SMALL_BANK = 4096
+"""Banks up to this many rows are matched with one torch product per chunk (backend "auto")."""
 """Query pixels matched per block."""
 
 DEFAULT_BANK_BLOCK = 8192
@@ -242,6 +250,74 @@ class ReferenceBankBuilder:
         return ReferenceBank(features, labels, positions, self.num_classes)
 
 
+def prototype_bank(
+    bank: ReferenceBank, per_class: int, seed: int = 0, iterations: int = 20
+) -> ReferenceBank:
+    """Compress a bank to at most ``per_class`` prototypes per class (spherical k-means).
+
+    An approximation for speed: matching then costs ``K·per_class`` instead of ``M`` inner
+    products per pixel, and a pixel takes the class of its most similar prototype — the nearest
+    reference *mode* of a class rather than the nearest reference pixel. Classes with no more
+    than ``per_class`` pixels keep them all. Prototype positions are their members' mean.
+
+    Args:
+        bank: the full reference bank.
+        per_class: prototypes per class.
+        seed: k-means initialisation seed.
+        iterations: k-means iterations.
+
+    Returns:
+        The compressed bank (unit-norm prototype features), on the input bank's device.
+    """
+    import faiss
+
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise DataError(f"per_class must be a positive integer, got {per_class!r}")
+    device = bank.features.device
+    features = bank.features.detach().cpu().numpy().astype(np.float32)
+    labels = bank.labels.cpu().numpy()
+    positions = bank.positions.cpu().numpy()
+    out_f, out_l, out_p = [], [], []
+    for label in range(bank.num_classes):
+        members = np.flatnonzero(labels == label)
+        if members.size == 0:
+            continue
+        if members.size <= per_class:
+            out_f.append(features[members])
+            out_p.append(positions[members])
+            out_l.append(np.full(members.size, label))
+            continue
+        data = np.ascontiguousarray(features[members])
+        kmeans = faiss.Kmeans(
+            data.shape[1],
+            per_class,
+            niter=iterations,
+            seed=seed + label,
+            spherical=True,
+            min_points_per_centroid=1,
+            max_points_per_centroid=1 << 30,
+        )
+        kmeans.train(data)
+        _, assigned = kmeans.index.search(data, 1)
+        assigned = assigned[:, 0]
+        trained = np.asarray(kmeans.centroids, dtype=np.float32)
+        centroids = trained / np.maximum(np.linalg.norm(trained, axis=1, keepdims=True), 1e-12)
+        counts = np.bincount(assigned, minlength=per_class)
+        used = counts > 0  # an empty cluster would be a prototype of nothing
+        centre = np.zeros((per_class, 2), dtype=np.float32)
+        np.add.at(centre, assigned, positions[members])
+        centre[used] /= counts[used, None]
+        out_f.append(centroids[used])
+        out_p.append(centre[used])
+        out_l.append(np.full(int(used.sum()), label))
+    return ReferenceBank(
+        torch.from_numpy(np.concatenate(out_f).astype(np.float32)).to(device),
+        torch.from_numpy(np.concatenate(out_l).astype(np.int64)).to(device),
+        torch.from_numpy(np.concatenate(out_p).astype(np.float32)).to(device),
+        bank.num_classes,
+    )
+
+
 def resize_labels(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Nearest-neighbour resize of integer label maps.
 
@@ -275,14 +351,17 @@ class MatchResult:
     similarity: torch.Tensor
 
 
-def resolve_backend(backend: str, device: torch.device) -> Literal["torch", "faiss"]:
-    """``"auto"`` → ``"faiss"`` (IndexFlatIP) for CPU tensors, ``"torch"`` for CUDA tensors.
+def resolve_backend(
+    backend: str, device: torch.device, bank_size: int | None = None
+) -> Literal["torch", "faiss"]:
+    """``"auto"`` → ``"faiss"`` (IndexFlatIP) for CPU tensors and large banks, else ``"torch"``.
 
     The throughput benchmark (docs/benchmarks/rpg_throughput.md) measured FAISS's flat
-    inner-product search about 1.3x faster than a blocked torch matrix product + arg-max on 2 CPU
-    cores (64-d features, 20k-pixel bank), so it is the CPU default; on a GPU the torch product
-    runs on the tensors where they are, without a copy. Both give the same results (up to
-    floating-point ties).
+    inner-product search about 1.3-1.5x faster than a blocked torch matrix product + arg-max on 2
+    CPU cores (64-d features, 20k-pixel bank), so it is the CPU default; for small banks (up to
+    :data:`SMALL_BANK` rows, e.g. prototype banks) one torch product per chunk wins, and on a GPU
+    the torch product runs on the tensors where they are, without a copy. Both give the same
+    results (up to floating-point ties).
 
     Raises:
         ConfigError: unknown backend, or ``"faiss"`` with CUDA tensors.
@@ -292,7 +371,8 @@ def resolve_backend(backend: str, device: torch.device) -> Literal["torch", "fai
     if backend == "faiss" and device.type != "cpu":
         raise ConfigError("backend 'faiss' works on CPU tensors; use backend 'torch' on a GPU")
     if backend == "auto":
-        return "faiss" if device.type == "cpu" else "torch"
+        small = bank_size is not None and bank_size <= SMALL_BANK
+        return "faiss" if device.type == "cpu" and not small else "torch"
     return "faiss" if backend == "faiss" else "torch"
 
 
@@ -377,7 +457,7 @@ def match_labels(
     temperature: float = 0.1,
     query_positions: torch.Tensor | None = None,
     spatial_weight: float = 0.0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     bank_block: int = DEFAULT_BANK_BLOCK,
     backend: Backend = "auto",
 ) -> MatchResult:
@@ -392,7 +472,8 @@ def match_labels(
         query_positions: (Q, 2) normalised (y, x) of the queries; needed when ``spatial_weight``
             is not 0.
         spatial_weight: w of the spatial penalty ``w * ||p_u - p_j||^2`` (0: off).
-        chunk_size: queries per block.
+        chunk_size: queries per block; None: as many as keep a block of scores within
+            :data:`SCORE_BLOCK_ELEMENTS` (at least :data:`DEFAULT_CHUNK_SIZE`).
         bank_block: reference pixels per block (``"torch"`` backend).
         backend: ``"auto"`` (see :func:`resolve_backend`), ``"torch"`` or ``"faiss"``.
 
@@ -404,8 +485,11 @@ def match_labels(
         DataError: the query dimension does not match the bank's.
     """
     top_k = _check_positive("top_k", top_k)
-    chunk_size = _check_positive("chunk_size", chunk_size)
     bank_block = _check_positive("bank_block", bank_block)
+    if chunk_size is None:
+        rows = max(min(len(bank), bank_block), 1)
+        chunk_size = max(DEFAULT_CHUNK_SIZE, SCORE_BLOCK_ELEMENTS // rows)
+    chunk_size = _check_positive("chunk_size", chunk_size)
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature!r}")
     if not spatial_weight >= 0:
@@ -416,7 +500,7 @@ def match_labels(
             f"{tuple(queries.shape)}; use the same feature source for references and queries"
         )
     device = queries.device
-    chosen = resolve_backend(backend, device)
+    chosen = resolve_backend(backend, device, len(bank))
     bank = bank.to(device)
     k = min(top_k, len(bank))
     n = queries.shape[0]

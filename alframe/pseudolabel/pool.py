@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from alframe._atomic import atomic_write_bytes
 from alframe.config.schema import DataConfig, PseudoLabelConfig
 from alframe.errors import DataError
 
@@ -201,7 +202,7 @@ def write_pool_pseudolabels(result: PoolPseudoLabels, folder: str | os.PathLike[
         confidence=result.confidence,
     )
     npz = out / "pseudolabels.npz"
-    _atomic_write_bytes(npz, buffer.getvalue())
+    atomic_write_bytes(npz, buffer.getvalue())
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["id", "coverage", "confidence_mean", "dice", "pixel_accuracy"])
@@ -217,14 +218,5 @@ def write_pool_pseudolabels(result: PoolPseudoLabels, folder: str | os.PathLike[
                 else f"{result.pixel_accuracy[i]:.6f}",
             ]
         )
-    _atomic_write_bytes(out / "pseudolabels.csv", text.getvalue().encode("utf-8"))
+    atomic_write_bytes(out / "pseudolabels.csv", text.getvalue().encode("utf-8"))
     return npz
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)

@@ -19,16 +19,16 @@ from alframe.errors import ConfigError, DataError, StateError
 from alframe.pseudolabel.base import PSEUDOLABELLERS, PseudoLabeller, PseudoLabels, as_image_list
 from alframe.pseudolabel.matching import (
     DEFAULT_BANK_BLOCK,
-    DEFAULT_CHUNK_SIZE,
     Backend,
     ReferenceBank,
     ReferenceBankBuilder,
     filter_by_similarity,
     grid_positions,
     match_labels,
+    prototype_bank,
 )
 
-__all__ = ["RPGOptions", "RPGPseudoLabeller", "transfer_labels"]
+__all__ = ["RPGOptions", "RPGPseudoLabeller", "compact_bank", "transfer_labels"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,10 @@ class RPGOptions:
             positions in [0, 1]; 0 = off. Useful for roughly aligned anatomy (chest X-rays).
         match_stride: features are average-pooled by this factor before matching and the labels
             resized back (nearest): stride² fewer matches, coarser labels. 1 = off.
-        chunk_size: query pixels per block.
+        prototypes_per_class: compress the bank to this many spherical k-means prototypes per
+            class before matching (approximate, much faster); None = exact nearest pixel.
+        chunk_size: query pixels per block (None: automatic, see
+            :func:`~alframe.pseudolabel.matching.match_labels`).
         bank_block: reference pixels per block.
         backend: ``"auto"``, ``"torch"`` or ``"faiss"`` (see :func:`~alframe.pseudolabel.matching.resolve_backend`).
         seed: seed of the class-balanced reference sample.
@@ -57,7 +60,8 @@ class RPGOptions:
     filter_percentile: float | None = None
     spatial_weight: float = 0.0
     match_stride: int = 1
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    prototypes_per_class: int | None = None
+    chunk_size: int | None = None
     bank_block: int = DEFAULT_BANK_BLOCK
     backend: Backend = "auto"
     seed: int = 0
@@ -65,8 +69,17 @@ class RPGOptions:
     def __post_init__(self) -> None:
         for name in ("top_k", "max_per_class", "match_stride", "chunk_size", "bank_block"):
             value = getattr(self, name)
+            if name == "chunk_size" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        protos = self.prototypes_per_class
+        if protos is not None and (
+            isinstance(protos, bool) or not isinstance(protos, int) or protos < 1
+        ):
+            raise ConfigError(
+                f"prototypes_per_class must be a positive integer or None, got {protos!r}"
+            )
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
         if self.filter_percentile is not None and not 0 <= self.filter_percentile < 100:
@@ -77,6 +90,13 @@ class RPGOptions:
             raise ConfigError(f"spatial_weight must be >= 0, got {self.spatial_weight!r}")
         if self.backend not in ("auto", "torch", "faiss"):
             raise ConfigError(f"backend must be 'auto', 'torch' or 'faiss', got {self.backend!r}")
+
+
+def compact_bank(bank: ReferenceBank, options: RPGOptions) -> ReferenceBank:
+    """``bank`` as matched under ``options``: prototypes when asked for, else unchanged."""
+    if options.prototypes_per_class is None:
+        return bank
+    return prototype_bank(bank, options.prototypes_per_class, seed=options.seed)
 
 
 def _pool(features: torch.Tensor, stride: int) -> torch.Tensor:
@@ -233,7 +253,7 @@ class RPGPseudoLabeller(PseudoLabeller):
         for batch_images, batch_masks in _batches(image_list, mask_list, self.batch_size):
             maps = self.features(batch_images)
             builder.add(maps, batch_masks.to(maps.device))
-        self.bank = builder.build()
+        self.bank = compact_bank(builder.build(), self.options)
         return self
 
     def predict(self, images: torch.Tensor) -> PseudoLabels:

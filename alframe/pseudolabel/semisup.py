@@ -21,37 +21,28 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader
 
 from alframe.config.schema import Recipe
 from alframe.data.samples import Sample
-from alframe.errors import ConfigError, DataError, StateError
+from alframe.errors import ConfigError, DataError
 from alframe.models.losses import IGNORE_INDEX, check_mask
 from alframe.models.task import SegmentationTask
-from alframe.models.training import (
-    BEST_CHECKPOINT_NAME,
-    MONITOR,
-    TrainResult,
-    make_trainer,
-    torch_flags_restored,
-)
+from alframe.models.training import TrainResult, fit_segmentation
 from alframe.pseudolabel.features import capture_decoder_features
 from alframe.pseudolabel.matching import ReferenceBankBuilder
-from alframe.pseudolabel.rpg import RPGOptions, transfer_labels
+from alframe.pseudolabel.rpg import RPGOptions, compact_bank, transfer_labels
 
 __all__ = [
     "SemiSupervisedOptions",
@@ -247,7 +238,7 @@ class SemiSupervisedTask(SegmentationTask):
                     builder.add(captured[0].detach(), masks)
                     pseudo = transfer_labels(
                         captured[1].detach(),
-                        builder.build(),
+                        compact_bank(builder.build(), rpg),
                         (int(unlabelled_images.shape[-2]), int(unlabelled_images.shape[-1])),
                         rpg,
                     )
@@ -292,16 +283,18 @@ class SemiSupervisedResult(TrainResult):
     ramp_steps: int = 0
 
 
-class _EpochHistory(Callback):
-    def __init__(self) -> None:
-        self.history: list[dict[str, float]] = []
+@dataclass
+class _Batches:
+    """The train / validation loaders in the shape :func:`fit_segmentation` takes."""
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        row: dict[str, float] = {"epoch": float(trainer.current_epoch)}
-        for name, value in sorted(trainer.callback_metrics.items()):
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                row[name] = float(value.detach().cpu())
-        self.history.append(row)
+    train: Any
+    val: Any | None
+
+    def train_dataloader(self) -> Any:
+        return self.train
+
+    def val_dataloader(self) -> Any | None:
+        return self.val
 
 
 def _loader(
@@ -379,20 +372,6 @@ def fit_semisupervised(
     else:
         train_samples, val_list = labelled_list, list(val_samples)
 
-    out = Path(out_dir)
-    checkpoint_dir = out / "checkpoints"
-    best_path = checkpoint_dir / f"{BEST_CHECKPOINT_NAME}.ckpt"
-    if best_path.exists():
-        if not overwrite:
-            raise StateError(
-                f"{best_path} already exists; use a new output folder or pass overwrite=True"
-            )
-        best_path.unlink()
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
-    task = SemiSupervisedTask.from_recipe_with_options(recipe, opts)
-
     data_cfg, cfg = recipe.data, recipe.train
     labelled_set = SegmentationDataset(
         train_samples, data_cfg, recipe.augment.train, train=True, seed=recipe.seed
@@ -420,51 +399,30 @@ def fit_semisupervised(
         recipe,
         recipe.seed,
     )
+    built: list[SemiSupervisedTask] = []
 
-    checkpoint = ModelCheckpoint(
-        dirpath=checkpoint_dir,
-        filename=BEST_CHECKPOINT_NAME,
-        monitor=MONITOR,
-        mode="max",
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-        save_weights_only=True,
+    def make_task() -> SemiSupervisedTask:
+        built.append(SemiSupervisedTask.from_recipe_with_options(recipe, opts))
+        return built[-1]
+
+    # The supervised trainer does the rest (seeding, checkpointing on val/dice, early stopping,
+    # hardware settings, keeping the final weights when nothing is validated).
+    result = fit_segmentation(
+        recipe,
+        _Batches(train_loader, val_loader if val_list else None),
+        out_dir,
+        logger=logger,
+        callbacks=callbacks,
+        overwrite=overwrite,
+        task_factory=make_task,
     )
-    history = _EpochHistory()
-    all_callbacks: list[Callback] = [checkpoint, history]
-    if cfg.early_stopping_patience > 0 and val_list:
-        all_callbacks.append(
-            EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.early_stopping_patience)
-        )
-    all_callbacks.extend(callbacks)
-
-    started = time.perf_counter()
-    with torch_flags_restored():
-        trainer = make_trainer(recipe, out, logger, all_callbacks)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*")
-            trainer.fit(
-                task,
-                train_dataloaders=train_loader,
-                val_dataloaders=val_loader if val_list else None,
-            )
-    wall_time = time.perf_counter() - started
-
-    if checkpoint.best_model_path:
-        best_checkpoint = Path(checkpoint.best_model_path)
-        score = checkpoint.best_model_score
-        best_dice = float(score) if score is not None else math.nan
-    else:
-        trainer.save_checkpoint(best_path, weights_only=True)
-        best_checkpoint, best_dice = best_path, math.nan
+    task = built[-1]
     return SemiSupervisedResult(
-        best_checkpoint=best_checkpoint,
-        best_val_dice=best_dice,
-        epochs_run=int(trainer.current_epoch),
-        wall_time_s=wall_time,
-        history=history.history,
+        best_checkpoint=result.best_checkpoint,
+        best_val_dice=result.best_val_dice,
+        epochs_run=result.epochs_run,
+        wall_time_s=result.wall_time_s,
+        history=result.history,
         steps=task.step_history,
         warmup_steps=task.warmup_steps,
         ramp_steps=task.ramp_steps,

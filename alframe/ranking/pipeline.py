@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from alframe._atomic import atomic_write_text
 from alframe.errors import ConfigError
 from alframe.ranking.images import TargetImages
 from alframe.ranking.predictors import Predictor
@@ -259,7 +260,7 @@ def write_report(report: RankingReport, out_dir: str | os.PathLike[str]) -> dict
         },
     }
     files["ranking.json"] = out / "ranking.json"
-    _atomic_write(files["ranking.json"], json.dumps(payload, indent=2))
+    atomic_write_text(files["ranking.json"], json.dumps(payload, indent=2))
     if report.correlations:
         rows = [
             {
@@ -285,12 +286,6 @@ def write_report(report: RankingReport, out_dir: str | os.PathLike[str]) -> dict
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 class _NoBar:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from alframe._atomic import atomic_write_text
 from alframe.config import Recipe, dump_recipe, recipe_from_dict, recipe_to_dict
 from alframe.config.schema import DatasetConfig
 from alframe.errors import DataError
@@ -51,12 +52,6 @@ def run_dir_for(recipe: Recipe, out_dir: str | os.PathLike[str] | None = None) -
     if out_dir is not None:
         return Path(out_dir)
     return Path(recipe.output_dir.replace("{name}", recipe.name))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def evaluate_sets(
@@ -132,7 +127,7 @@ def train_and_evaluate(
     preflight_check(recipe, datamodule)  # before anything is written
     folder = run_dir_for(recipe, out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(folder / "recipe.resolved.yaml", dump_recipe(recipe))
+    atomic_write_text(folder / "recipe.resolved.yaml", dump_recipe(recipe))
     tracker = None
     run_id = None
     callbacks: list[Any] = []
@@ -174,7 +169,7 @@ def train_and_evaluate(
             "image_size": list(recipe.data.image_size),
             "evaluation": summary,
         }
-        _atomic_write_text(folder / "summary.json", json.dumps(summary_doc, indent=2))
+        atomic_write_text(folder / "summary.json", json.dumps(summary_doc, indent=2))
         if tracker is not None and run_id is not None:
             metrics: dict[str, float] = {
                 "best_val_dice": result.best_val_dice,
