@@ -1,0 +1,269 @@
+"""Scale-out settings and GPU paths.
+
+The first part runs everywhere: the recipe's hardware keys (accelerator, devices, strategy,
+num_nodes, precision) reach Lightning's Trainer, SLURM / torchrun launches are recognised, and
+device requests are resolved (or refused with a clear message) without a GPU. The tests marked
+``gpu`` need CUDA (and faiss-gpu) and are skipped, saying why, where there is none.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pytest
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero_only
+from lightning.pytorch.plugins.environments import (
+    LightningEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_only as pytorch_rank_zero_only
+from torch.utils.data import DataLoader, Dataset
+
+from alframe.config import Recipe, recipe_from_dict
+from alframe.embed.extract import extract_embeddings, resolve_device
+from alframe.errors import ConfigError, ModelError
+from alframe.index import VectorIndex, exact_knn, gpu_count
+from alframe.index import resolve_device as resolve_index_device
+from alframe.models.training import fit_segmentation, make_trainer, torch_flags_restored
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*isinstance\\(treespec, LeafSpec\\).*",
+    "ignore:.*does not have many workers.*",
+)
+
+HAS_CUDA = torch.cuda.is_available()
+FAISS_HAS_GPU = hasattr(faiss, "StandardGpuResources")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+needs_faiss_gpu = pytest.mark.skipif(
+    not FAISS_HAS_GPU or gpu_count() == 0,
+    reason="faiss built without GPU support" if not FAISS_HAS_GPU else "no CUDA device",
+)
+SLURM_ENV = {
+    "SLURM_NTASKS": "4",
+    "SLURM_NTASKS_PER_NODE": "2",
+    "SLURM_NODEID": "1",
+    "SLURM_PROCID": "3",
+    "SLURM_LOCALID": "1",
+    "SLURM_JOB_NAME": "alframe-train",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_NODELIST": "gpu[01-02]",
+}
+TORCHRUN_ENV = {
+    "RANK": "3",
+    "GROUP_RANK": "1",
+    "LOCAL_RANK": "1",
+    "LOCAL_WORLD_SIZE": "2",
+    "WORLD_SIZE": "4",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29500",
+    "TORCHELASTIC_RUN_ID": "alframe",
+}
+
+
+def tiny_recipe(**train: Any) -> Recipe:
+    settings: dict[str, Any] = {
+        "max_epochs": 1,
+        "lr": 0.01,
+        "progress": False,
+        "early_stopping_patience": 0,
+        "accelerator": "cpu",
+    }
+    settings.update(train)
+    return recipe_from_dict(
+        {
+            "name": "tiny",
+            "seed": 3,
+            "data": {
+                "datasets": {"toy": {"path": "toy"}},
+                "train": {"dataset": "toy"},
+                "image_size": [32, 32],
+                "classes": {"background": 0, "square": 1},
+            },
+            "model": {"arch": "Unet", "encoder": "tu-test_resnet", "encoder_depth": 3},
+            "train": settings,
+        }
+    )
+
+
+@pytest.fixture
+def no_launcher_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """No SLURM / torchrun variables from the machine running the tests; afterwards, the
+    environment and torch's determinism flags are as before (a Trainer changes both)."""
+    saved_environ = dict(os.environ)
+    # A Trainer that believes it is rank 3 sets Lightning's process-wide rank, which would silence
+    # every later rank-zero-only write (loggers, checkpoints) in this test session.
+    rank_holders = {id(f): f for f in (fabric_rank_zero_only, pytorch_rank_zero_only)}.values()
+    saved_ranks = [(holder, getattr(holder, "rank", None)) for holder in rank_holders]
+    for name in [*SLURM_ENV, *TORCHRUN_ENV]:
+        monkeypatch.delenv(name, raising=False)
+    with torch_flags_restored():
+        yield monkeypatch
+    monkeypatch.undo()
+    os.environ.clear()
+    os.environ.update(saved_environ)
+    for holder, rank in saved_ranks:
+        if rank is None:
+            if hasattr(holder, "rank"):
+                delattr(holder, "rank")
+        else:
+            holder.rank = rank  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs everywhere
+
+
+def test_recipe_hardware_keys_reach_the_trainer(
+    tmp_path: Path, no_launcher_env: pytest.MonkeyPatch
+) -> None:
+    recipe = tiny_recipe(devices="2", strategy="ddp", num_nodes=2, precision="bf16-mixed")
+    trainer = make_trainer(recipe, tmp_path, None, [])
+    assert isinstance(trainer.strategy, DDPStrategy)
+    assert trainer.num_devices == 2  # "2" from a --set override counts as two devices
+    assert trainer.num_nodes == 2
+    assert trainer.world_size == 4
+    assert trainer.precision == "bf16-mixed"
+    assert isinstance(trainer.strategy.cluster_environment, LightningEnvironment)
+
+
+def test_bad_hardware_keys_name_the_recipe_keys(
+    tmp_path: Path, no_launcher_env: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match=r"strategy='no-such-strategy'.*train\.\* keys"):
+        make_trainer(tiny_recipe(strategy="no-such-strategy"), tmp_path, None, [])
+
+
+def test_slurm_launch_is_detected(tmp_path: Path, no_launcher_env: pytest.MonkeyPatch) -> None:
+    for name, value in SLURM_ENV.items():
+        no_launcher_env.setenv(name, value)
+    trainer = make_trainer(tiny_recipe(devices=2, strategy="ddp", num_nodes=2), tmp_path, None, [])
+    assert isinstance(trainer.strategy.cluster_environment, SLURMEnvironment)
+    assert (trainer.global_rank, trainer.local_rank, trainer.node_rank) == (3, 1, 1)
+    assert trainer.world_size == 4
+
+
+def test_torchrun_launch_is_detected(tmp_path: Path, no_launcher_env: pytest.MonkeyPatch) -> None:
+    for name, value in TORCHRUN_ENV.items():
+        no_launcher_env.setenv(name, value)
+    trainer = make_trainer(tiny_recipe(devices=2, strategy="ddp", num_nodes=2), tmp_path, None, [])
+    assert isinstance(trainer.strategy.cluster_environment, TorchElasticEnvironment)
+    assert (trainer.global_rank, trainer.local_rank, trainer.node_rank) == (3, 1, 1)
+    assert trainer.world_size == 4
+
+
+def test_extraction_device_resolution() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if HAS_CUDA else "cpu"
+    assert resolve_device(None).type == expected
+    assert resolve_device("auto").type == expected
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ModelError, match="unknown device 'tpu-ish'"):
+        resolve_device("tpu-ish")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the message given on a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "gpu", "cuda:1"])
+def test_cuda_request_without_cuda_is_a_clear_error(device: str) -> None:
+    with pytest.raises(ModelError, match="torch sees no CUDA device; use 'auto'"):
+        resolve_device(device)
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3))
+    with pytest.raises(ModelError, match="no CUDA device"):
+        extract_embeddings(
+            encoder, torch.zeros(2, 1, 8, 8), batch_size=2, progress=False, device=device
+        )
+
+
+def test_index_device_resolution() -> None:
+    assert resolve_index_device("cpu") == "cpu"
+    assert resolve_index_device("auto") == ("gpu" if FAISS_HAS_GPU and gpu_count() > 0 else "cpu")
+    if not FAISS_HAS_GPU or gpu_count() == 0:
+        with pytest.raises(ConfigError, match="install faiss-gpu on a CUDA machine"):
+            VectorIndex(8, device="gpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Needs a GPU
+
+
+class Squares(Dataset[dict[str, Any]]):
+    """Noise with one bright square per image; the mask is the square."""
+
+    def __init__(self, n: int = 8, size: int = 32) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randn(n, 1, size, size, generator=generator) * 0.2
+        self.masks = torch.zeros(n, size, size, dtype=torch.long)
+        for i in range(n):
+            top, left = torch.randint(0, size - 12, (2,), generator=generator).tolist()
+            self.images[i, :, top : top + 12, left : left + 12] += 1.0
+            self.masks[i, top : top + 12, left : left + 12] = 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.images[i], "mask": self.masks[i], "id": f"sq{i}", "index": i}
+
+
+class SquaresLoaders:
+    def __init__(self) -> None:
+        self.data = Squares()
+
+    def train_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return DataLoader(self.data, batch_size=4, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return DataLoader(self.data, batch_size=4)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_training_step_of_a_tiny_unet(tmp_path: Path) -> None:
+    recipe = tiny_recipe(accelerator="gpu", devices=1, max_epochs=2, deterministic=False)
+    result = fit_segmentation(recipe, SquaresLoaders(), tmp_path / "run")
+    assert result.best_checkpoint.is_file()
+    assert result.epochs_run == 2
+    assert math.isfinite(result.history[-1]["train/loss"])
+    assert math.isfinite(result.best_val_dice)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_embeddings_match_cpu() -> None:
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, stride=2)
+    )
+    images = Squares(6).images
+    on_cpu = extract_embeddings(encoder, images, batch_size=3, progress=False, device="cpu")
+    on_gpu = extract_embeddings(encoder, images, batch_size=3, progress=False, device="cuda")
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
+    assert next(encoder.parameters()).device.type == "cpu"  # the module goes back home
+
+
+@pytest.mark.gpu
+@needs_faiss_gpu
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_faiss_gpu_knn_equals_cpu(metric: str) -> None:
+    rng = np.random.default_rng(0)
+    database = rng.standard_normal((2000, 32)).astype(np.float32)
+    queries = rng.standard_normal((300, 32)).astype(np.float32)
+    index = VectorIndex(32, kind="flat", metric=metric, device="gpu")  # type: ignore[arg-type]
+    index.add(database)
+    gpu_distances, gpu_indices = index.knn(queries, 10)
+    cpu_distances, cpu_indices = exact_knn(queries, database, 10, metric=metric)  # type: ignore[arg-type]
+    np.testing.assert_allclose(gpu_distances, cpu_distances, rtol=1e-4, atol=1e-4)
+    # Neighbours may swap only where distances tie to float precision.
+    mismatch = gpu_indices != cpu_indices
+    assert mismatch.mean() < 0.01
+    np.testing.assert_allclose(
+        gpu_distances[mismatch], cpu_distances[mismatch], rtol=1e-4, atol=1e-4
+    )
