@@ -181,6 +181,54 @@ def _subset(ref: dict[str, Any] | None) -> str:
     return f"{ref['dataset']}/{ref['split']}" if ref.get("split") else f"{ref['dataset']} (all)"
 
 
+def diagnostics_markdown(diag: dict[str, Any] | None) -> list[str]:
+    """The page's diagnostics section (benchmarks/xssr_cxr_analysis.py) and the notes."""
+    if not diag:
+        return []
+    q = diag["embedding_quality"]
+    lines = [
+        "## Diagnostics (label-free, from `benchmarks/xssr_cxr_analysis.py`)",
+        "",
+        "Does the MAE embedding group images with similar lung masks? Mean Dice between a pool "
+        f"image's mask and its nearest embedding neighbour's: **{q['nn_mask_dice']:.3f}**; a "
+        f"random pair: {q['random_pair_mask_dice']:.3f}; its best match in the pool: "
+        f"{q['best_match_mask_dice']:.3f}. Spearman of embedding distance vs mask dissimilarity "
+        f"over all pairs: {q['spearman_distance_vs_mask_dissimilarity']:.2f}.",
+        "",
+        "First-round picks (22 labels): mask coverage = mean over the pool of the best Dice to "
+        "a picked mask; embedding coverage cost = what XSSR's alpha minimises (lower is better).",
+        "",
+        "| run | mask coverage Dice | embedding coverage cost | lung fraction of picks |",
+        "|---|---|---|---|",
+    ]
+    for folder, row in diag["first_round_picks"].items():
+        lines.append(
+            f"| {folder} | {row['mask_coverage_dice']:.4f} | "
+            f"{row['embedding_coverage_cost']:.4f} | {row['lung_fraction_mean']:.3f} |"
+        )
+    pool = diag["pool"]
+    lines += [
+        "",
+        f"Pool lung fraction {pool['lung_fraction_mean']:.3f} ± {pool['lung_fraction_std']:.3f}. "
+        f"XSSR's calibrated alpha per round (seed 0): {diag['xssr_alpha_per_round'].get('seed0')}.",
+        "",
+        "Spread of test Dice over seeds (XSSR and CoreSet picks do not depend on the seed, so "
+        "theirs is training noise alone):",
+        "",
+        "| strategy@labels | seeds | std | range |",
+        "|---|---|---|---|",
+    ]
+    for key, row in diag["dice_spread_over_seeds"].items():
+        lines.append(
+            f"| {key} | {row['seeds']} | {row['dice_std']:.4f} | {row['dice_range']:.4f} |"
+        )
+    lines.append("")
+    notes = Path(__file__).with_name("xssr_cxr_notes.md")
+    if notes.is_file():
+        lines += ["## Findings", "", notes.read_text(encoding="utf-8").strip(), ""]
+    return lines
+
+
 def build_markdown(report: dict[str, Any], run_dir: Path, out_dir: Path) -> str:
     """The human-readable table of the report (the learning curve is copied beside it)."""
     import shutil
@@ -219,6 +267,7 @@ def build_markdown(report: dict[str, Any], run_dir: Path, out_dir: Path) -> str:
         "",
         "![learning curve](xssr_cxr_learning_curve.png)",
         "",
+        *diagnostics_markdown(report.get("diagnostics")),
         f"Environment: Python {report['environment']['python']}, "
         f"{report['environment']['cpu_count']} CPUs, torch threads "
         f"{report['environment']['torch_threads']}; mean round training time "
@@ -267,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         run_experiment(recipe, resume=True, track=not args.no_track)
         seconds = time.perf_counter() - started
     report = build_report(run_dir, recipe, seconds, overrides)
+    if not args.quick:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from xssr_cxr_analysis import analyse
+
+        report["diagnostics"] = analyse(recipe, run_dir)
     out_dir = QUICK_DIR if args.quick else DOCS
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "xssr_cxr.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

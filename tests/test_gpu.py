@@ -267,3 +267,41 @@ def test_faiss_gpu_knn_equals_cpu(metric: str) -> None:
     np.testing.assert_allclose(
         gpu_distances[mismatch], cpu_distances[mismatch], rtol=1e-4, atol=1e-4
     )
+
+
+def test_our_rank_agrees_with_lightning_under_slurm_and_torchrun(
+    tmp_path: Path, no_launcher_env: pytest.MonkeyPatch
+) -> None:
+    from alframe._dist import global_rank, is_global_zero
+
+    assert (global_rank(), is_global_zero()) == (0, True)
+    for env in (SLURM_ENV, TORCHRUN_ENV):
+        for name in [*SLURM_ENV, *TORCHRUN_ENV]:
+            no_launcher_env.delenv(name, raising=False)
+        for name, value in env.items():
+            no_launcher_env.setenv(name, value)
+        trainer = make_trainer(
+            tiny_recipe(devices=2, strategy="ddp", num_nodes=2), tmp_path, None, []
+        )
+        assert global_rank() == trainer.global_rank == 3
+        assert not is_global_zero()
+    no_launcher_env.delenv("RANK")
+    no_launcher_env.delenv("LOCAL_RANK")
+    no_launcher_env.setenv("LOCAL_RANK", "1")  # a process Lightning's own DDP launcher started
+    assert global_rank() == 1
+
+
+def test_plain_ddp_with_a_shallow_encoder_looks_for_unused_parameters(
+    tmp_path: Path, no_launcher_env: pytest.MonkeyPatch
+) -> None:
+    recipe = tiny_recipe(devices=2, strategy="ddp")
+
+    def with_depth(depth: int) -> Recipe:
+        return recipe.model_copy(
+            update={"model": recipe.model.model_copy(update={"encoder_depth": depth})}
+        )
+
+    for depth, find_unused in ((5, False), (3, True)):
+        trainer = make_trainer(with_depth(depth), tmp_path, None, [])
+        assert isinstance(trainer.strategy, DDPStrategy)
+        assert bool(trainer.strategy._ddp_kwargs.get("find_unused_parameters")) is find_unused

@@ -28,6 +28,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     quiet_lightning()
     result = train_and_evaluate(recipe, out_dir=args.out, track=not args.no_track)
+    from alframe._dist import is_global_zero
+
+    if not is_global_zero():  # other data-parallel processes stay quiet
+        return 0
     print(
         f"\ntrained {recipe.model.arch}/{recipe.model.encoder} for {result.epochs_run} epochs in "
         f"{result.train_seconds:.0f} s; best validation Dice {result.best_val_dice:.4f}"

@@ -233,7 +233,10 @@ class SegmentationTask(L.LightningModule):
         self.val_dice.update(preds, batch["mask"])
         self.val_iou.update(preds, batch["mask"])
         batch_size = int(batch["image"].shape[0])
-        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=batch_size)
+        # sync_dist: with several devices each process sees a shard of the validation set.
+        self.log(
+            "val/loss", loss, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True
+        )
         return loss
 
     def on_validation_epoch_end(self) -> None:

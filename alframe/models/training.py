@@ -244,11 +244,16 @@ def make_trainer(
         ConfigError: Lightning rejects the hardware settings.
     """
     cfg = recipe.train
+    strategy = cfg.strategy
+    if strategy == "ddp" and recipe.model.encoder_depth < 5:
+        # A shallow smp encoder still owns its deeper stages; their parameters get no gradient,
+        # and plain DDP stops at the first step. Let DDP look for unused parameters instead.
+        strategy = "ddp_find_unused_parameters_true"
     try:
         return L.Trainer(
             accelerator=cfg.accelerator,
             devices=_trainer_devices(cfg.devices),
-            strategy=cfg.strategy,
+            strategy=strategy,
             num_nodes=cfg.num_nodes,
             precision=cfg.precision,  # type: ignore[arg-type]  # validated by Lightning
             max_epochs=max_epochs if max_epochs is not None else cfg.max_epochs,

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from alframe._atomic import atomic_write_text
+from alframe._dist import is_global_zero
 from alframe.config import Recipe, dump_recipe, recipe_from_dict, recipe_to_dict
 from alframe.config.schema import DatasetConfig
 from alframe.errors import DataError
@@ -131,7 +132,8 @@ def train_and_evaluate(
     tracker = None
     run_id = None
     callbacks: list[Any] = []
-    if track and recipe.tracking.enabled:
+    lead = is_global_zero()  # under DDP every process runs this; one of them reports
+    if track and recipe.tracking.enabled and lead:
         from alframe.tracking import Tracker, make_epoch_logger
 
         tracker = Tracker(recipe.tracking.experiment or recipe.name, recipe.tracking.uri)
@@ -144,10 +146,17 @@ def train_and_evaluate(
         started = time.perf_counter()
         fit = fit_segmentation(recipe, datamodule, folder, callbacks=callbacks)
         train_seconds = time.perf_counter() - started
-        task = load_task(fit.best_checkpoint)
-        tables, summary = evaluate_sets(
-            task, datamodule.eval_dataloaders(), recipe.num_classes, folder, recipe.train.progress
-        )
+        tables: dict[str, Any] = {}
+        summary: dict[str, dict[str, float]] = {}
+        if lead:
+            task = load_task(fit.best_checkpoint)
+            tables, summary = evaluate_sets(
+                task,
+                datamodule.eval_dataloaders(),
+                recipe.num_classes,
+                folder,
+                recipe.train.progress,
+            )
         result = TrainEvalResult(
             out_dir=folder,
             checkpoint=Path(fit.best_checkpoint),
@@ -169,7 +178,8 @@ def train_and_evaluate(
             "image_size": list(recipe.data.image_size),
             "evaluation": summary,
         }
-        atomic_write_text(folder / "summary.json", json.dumps(summary_doc, indent=2))
+        if lead:
+            atomic_write_text(folder / "summary.json", json.dumps(summary_doc, indent=2))
         if tracker is not None and run_id is not None:
             metrics: dict[str, float] = {
                 "best_val_dice": result.best_val_dice,
