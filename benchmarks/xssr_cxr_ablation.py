@@ -1,0 +1,141 @@
+"""Which XSSR term costs Dice at 5 % labels on Montgomery → Shenzhen? One-round ablation.
+
+The main benchmark (``benchmarks/xssr_cxr.py``) found XSSR below random at 22 labels. This
+script reruns only that first round (22 labels, 300 steps, 64², seed 0) for XSSR variants, with
+the main run's MAE and embedding cache (no new MAE):
+
+* ``xssr_auto``      — the default (alpha calibrated; it picks 0 on this pool);
+* ``xssr_nodensity`` — ρ ≡ 1 (pure diversity with the novelty mix);
+* ``xssr_alpha05``   — alpha fixed at 0.5 (novelty w.r.t. Montgomery counts half);
+* ``xssr_alpha1``    — alpha 1 (density × novelty only, no diversity);
+* ``xssr_add``       — ``combine="add"`` (density added instead of gating).
+
+XSSR's picks do not depend on the training seed, and the main run measured a seed-to-seed spread
+of 0.001 Dice for a fixed selection, so one seed per variant is enough to see differences of
+several thousandths.
+
+Usage (after ``benchmarks/xssr_cxr.py`` has trained its MAE)::
+
+    export ALFRAME_DATA=../shared/data
+    python benchmarks/xssr_cxr_ablation.py      # → docs/benchmarks/xssr_cxr_ablation.{json,md}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+HERE = Path(__file__).resolve().parent
+VARIANTS: dict[str, dict[str, Any]] = {
+    "xssr_auto": {"alpha": "auto"},
+    "xssr_nodensity": {"alpha": "auto", "use_density": False},
+    "xssr_alpha05": {"alpha": 0.5},
+    "xssr_alpha1": {"alpha": 1.0},
+    "xssr_add": {"alpha": "auto", "combine": "add"},
+}
+
+
+def main() -> int:
+    sys.path.insert(0, str(HERE))
+    import xssr_cxr
+
+    from alframe.config import load_recipe
+    from alframe.loop import run_experiment
+
+    os.chdir(xssr_cxr.REPO)
+    main_recipe = load_recipe(xssr_cxr.RECIPE, xssr_cxr.CPU_PROTOCOL)
+    main_dir = Path(main_recipe.run_dir)
+    mae = main_dir / "mae" / "mae.ckpt"
+    if not mae.is_file():
+        raise SystemExit(f"{mae} is missing: run benchmarks/xssr_cxr.py first (it trains the MAE)")
+    strategies = [
+        {"name": "xssr", "label": label, "params": params} for label, params in VARIANTS.items()
+    ]
+    overrides = [
+        *xssr_cxr.CPU_PROTOCOL,
+        "output_dir=runs/{name}_64px_ablation",
+        "tracking.experiment=xssr_cxr_budget_64px_ablation",
+        f"embed.weights={mae}",
+        f"embed.cache_dir={main_dir / 'embeddings'}",
+        "experiment.seeds=[0]",
+        "experiment.full_reference=false",
+        'experiment.schedules=[{"name": "budget", "cumulative": [22]}]',
+        f"experiment.strategies={json.dumps(strategies)}",
+    ]
+    recipe = load_recipe(xssr_cxr.RECIPE, overrides)
+    result = run_experiment(recipe, resume=True, track=False)
+    primary = recipe.experiment.primary_set or "shenzhen_test"
+    sys.path.insert(0, str(HERE))
+    from xssr_cxr_analysis import _first_round, _pairwise_dice, _pool_masks
+
+    ids, masks = _pool_masks(recipe)
+    dice = _pairwise_dice(masks)
+    index = {item: i for i, item in enumerate(ids)}
+    rows = []
+    for folder, manifests in sorted(result.manifests.items()):
+        manifest = manifests[0]
+        picks = _first_round(Path(result.run_dir), folder) or []
+        rows.append(
+            {
+                "variant": manifest["label"],
+                "params": VARIANTS.get(manifest["label"]),
+                "alpha": (manifest.get("selection_info") or {}).get("alpha"),
+                "coverage_cost": (manifest.get("selection_info") or {}).get("coverage_cost"),
+                "mask_coverage_dice": float(dice[:, [index[p] for p in picks]].max(axis=1).mean()),
+                "tb_picks": sum(p.endswith("_1") for p in picks),
+                "dice": manifest["metrics"][primary]["dice_mean"],
+                "dice_std_over_images": manifest["metrics"][primary]["dice_std"],
+            }
+        )
+    out = xssr_cxr.DOCS
+    (out / "xssr_cxr_ablation.json").write_text(
+        json.dumps({"overrides": overrides, "rows": rows}, indent=2) + "\n", encoding="utf-8"
+    )
+    reference = ""
+    main_report = out / "xssr_cxr.json"
+    if main_report.is_file():
+        main_results = json.loads(main_report.read_text(encoding="utf-8"))["results"]
+        cells = {
+            name: next(b for b in entry["budgets"] if b["n_labelled"] == 22)
+            for name, entry in main_results["strategies"].items()
+            if any(b["n_labelled"] == 22 for b in entry["budgets"])
+        }
+        reference = (
+            " For comparison, the main run at 22 labels: "
+            + "; ".join(
+                f"{name} {cell['dice_mean']:.4f} ± {cell['dice_std']:.4f} ({cell['n_seeds']} seeds)"
+                for name, cell in sorted(cells.items())
+            )
+            + "."
+        )
+    lines = [
+        "# XSSR ablation at 22 labels (Montgomery → Shenzhen)",
+        "",
+        "Generated by `benchmarks/xssr_cxr_ablation.py`: first round only (22 of 440 labels), "
+        "64², 300 steps, seed 0, the MAE and embeddings of the main run "
+        f"([xssr_cxr.md](xssr_cxr.md)).{reference}",
+        "",
+        "| variant | params | alpha used | embedding coverage cost | mask coverage Dice "
+        "| TB images picked | test Dice |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        params = ", ".join(f"{k}={v}" for k, v in (row["params"] or {}).items())
+        lines.append(
+            f"| {row['variant']} | {params} | {row['alpha']} | {row['coverage_cost']:.4f} | "
+            f"{row['mask_coverage_dice']:.4f} | {row['tb_picks']}/22 | {row['dice']:.4f} |"
+        )
+    lines.append("")
+    (out / "xssr_cxr_ablation.md").write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
