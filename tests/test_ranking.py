@@ -341,3 +341,78 @@ def test_all_permutations_helper_is_consistent() -> None:
         for p in itertools.permutations(range(4))
     ]
     assert np.mean(values) == pytest.approx(0.0)
+
+
+def _map_by_explicit_matching(pred: np.ndarray, true: np.ndarray) -> float:
+    """Reference mAP: IoU of every instance pair by loops, one-to-one greedy matching per t."""
+    p_ids = [i for i in np.unique(pred) if i]
+    t_ids = [i for i in np.unique(true) if i]
+    if not p_ids and not t_ids:
+        return 1.0
+    values = []
+    for t in np.arange(0.5, 1.0, 0.05):
+        used: set[int] = set()
+        tp = 0
+        for p in p_ids:
+            for q in t_ids:
+                a, b = pred == p, true == q
+                iou = (a & b).sum() / (a | b).sum()
+                if q not in used and iou > t:
+                    used.add(q)
+                    tp += 1
+                    break
+        values.append(tp / (len(p_ids) + len(t_ids) - tp))
+    return float(np.mean(values))
+
+
+def test_instance_map_matches_explicit_matching_on_constructed_maps() -> None:
+    rng = np.random.default_rng(4)
+    true = np.zeros((40, 40), dtype=np.int64)
+    true[2:12, 2:12], true[20:30, 5:15], true[25:38, 25:38] = 1, 2, 3
+    assert S.instance_average_precision(true, true) == 1.0
+    shifted = np.roll(true, 2, axis=1)  # IoU 0.67 for the 10×10 squares
+    merged = true.copy()
+    merged[merged == 2] = 1  # two true cells predicted as one
+    extra = true.copy()
+    extra[34:38, 2:6] = 9  # a false positive
+    for pred in (shifted, merged, extra, np.zeros_like(true)):
+        assert S.instance_average_precision(pred, true) == pytest.approx(
+            _map_by_explicit_matching(pred, true)
+        )
+    noisy = np.where(rng.random(true.shape) < 0.1, 0, true)
+    assert S.instance_average_precision(noisy, true) == pytest.approx(
+        _map_by_explicit_matching(noisy, true)
+    )
+    empty = np.zeros_like(true)
+    assert S.instance_average_precision(empty, empty) == 1.0
+
+
+def test_validation_with_instance_labels_uses_map() -> None:
+    from alframe.ranking import rank_models, validate
+
+    true = np.zeros((3, 32, 32), dtype=np.int64)
+    true[:, 4:12, 4:12], true[:, 18:28, 18:28] = 1, 2
+    images = TargetImages.from_array((true > 0).astype(np.float32)[:, None], labels=true)
+
+    def perfect(batch: torch.Tensor) -> torch.Tensor:
+        fg = batch[:, :1] * 20 - 10
+        return torch.cat([-fg, fg], dim=1)
+
+    def half(batch: torch.Tensor) -> torch.Tensor:
+        out = perfect(batch)
+        out[..., 16:] = torch.stack(
+            [torch.ones_like(out[:, 0, :, 16:]), -torch.ones_like(out[:, 0, :, 16:])], 1
+        )
+        return out
+
+    predictors = [
+        Predictor.from_function(perfect, "perfect"),
+        Predictor.from_function(half, "half"),
+    ]
+    report = validate(
+        rank_models(predictors, images, [create_ranker("entropy")]), predictors, images, truth="map"
+    )
+    assert report.dice["perfect"] == pytest.approx(1.0)
+    assert report.dice["half"] == pytest.approx(0.5)  # one of two cells found, no false positive
+    with pytest.raises(ConfigError, match="truth"):
+        validate(report, predictors, images, truth="iou")

@@ -23,7 +23,13 @@ from alframe.errors import ConfigError
 from alframe.ranking.images import TargetImages
 from alframe.ranking.predictors import Predictor
 from alframe.ranking.rankers import Ranker, RankerResult
-from alframe.ranking.validation import Correlation, correlate, plot_scores, true_dice
+from alframe.ranking.validation import (
+    Correlation,
+    correlate,
+    plot_scores,
+    true_dice,
+    true_instance_map,
+)
 
 __all__ = ["RankingReport", "rank_models", "validate", "write_report"]
 
@@ -182,8 +188,9 @@ def validate(
     batch_size: int = 16,
     n_resamples: int = 1000,
     seed: int = 0,
+    truth: str = "dice",
 ) -> RankingReport:
-    """Add true Dice per model and the correlations of every ranker with it.
+    """Add true performance per model and the correlations of every ranker with it.
 
     Args:
         report: from :func:`rank_models` (updated in place and returned).
@@ -192,12 +199,21 @@ def validate(
         batch_size: images per forward pass.
         n_resamples: permutations for the p-values.
         seed: seed of the permutations.
+        truth: ``"dice"`` (semantic labels) or ``"map"`` (instance label maps: mAP@0.5:0.95 of
+            the connected components of the prediction, as for CTE-ARS). Stored in
+            ``report.dice`` either way.
 
     Raises:
         DataError: the images have no labels.
+        ConfigError: unknown ``truth``.
     """
+    if truth not in ("dice", "map"):
+        raise ConfigError(f"truth must be 'dice' or 'map', got {truth!r}")
     for predictor in predictors:
-        per_image = true_dice(predictor, images, batch_size)
+        if truth == "map":
+            per_image = true_instance_map(predictor, images, batch_size=batch_size)
+        else:
+            per_image = true_dice(predictor, images, batch_size)
         report.per_image_dice[predictor.name] = per_image
         report.dice[predictor.name] = float(per_image.mean())
     for ranker in report.rankers:
