@@ -221,7 +221,7 @@ def build_markdown(report: dict[str, Any]) -> str:
         pct = "–" if entry["pct_of_full"] is None else f"{entry['pct_of_full']:.1f} %"
         lines.append(
             f"| {arm} | {entry['n_labelled']} | {cell(entry['dice'])} | {cell(entry['iou'])} | "
-            f"{pct} | {cell(entry['pseudo_label_dice'])} | {entry['train_seconds']['mean']} |"
+            f"{pct} | {cell(entry['pseudo_label_dice'])} | {entry['train_seconds']['mean']:.0f} |"
         )
     lines += [
         "",
@@ -257,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         "the per-step matching ~5x cheaper on CPU than stride 1",
     )
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--findings", help="text file with findings to add to the page")
+    parser.add_argument(
+        "--findings",
+        default=str(Path(__file__).with_name("rpg_cxr_notes.md")),
+        help="text file with findings to add to the page (default: rpg_cxr_notes.md beside "
+        "this script, when it exists)",
+    )
     parser.add_argument(
         "--work",
         help="work folder (default benchmarks/_work/rpg_cxr); a smoke "
@@ -333,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": summarize(results),
         "runs": [{k: v for k, v in r.items() if k != "labelled_ids"} for r in results],
         "paper": PAPER,
-        "findings": Path(args.findings).read_text(encoding="utf-8") if args.findings else None,
+        "findings": Path(args.findings).read_text(encoding="utf-8")
+        if args.findings and Path(args.findings).is_file()
+        else None,
         "environment": {
             "python": platform.python_version(),
             "platform": platform.platform(),
