@@ -139,13 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:  # a missing dependency inside it is a real error
-                raise
-            continue  # that capability is not part of this build
-        module.add_commands(sub)
+        importlib.import_module(module_name).add_commands(sub)
     return parser
 
 
