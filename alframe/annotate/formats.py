@@ -67,7 +67,7 @@ def read_mask_file(path: Path) -> np.ndarray:
     Raises:
         DataError: unreadable file, colour image, non-integer values or not 2-D.
     """
-    from alframe.data.io import read_array
+    from alframe.data.io import read_array, single_channel_mask
 
     ext = mask_extension(path)
     if ext in (".nii", ".nii.gz"):
@@ -79,14 +79,7 @@ def read_mask_file(path: Path) -> np.ndarray:
         )
     else:
         data = read_array(path, keep_palette=True)
-    if data.ndim == 3:
-        colour = data[:, :, :3] if data.shape[2] >= 3 else data[:, :, :1]
-        if not np.all(colour == colour[:, :, :1]):
-            raise DataError(
-                f"mask {path.name} is a colour image; save masks as single-channel images of "
-                "class values (e.g. 8-bit grayscale or palette PNG)"
-            )
-        data = colour[:, :, 0]
+    data = single_channel_mask(data, path.name)
     if data.dtype.kind == "b":
         data = data.astype(np.uint8)
     elif data.dtype.kind == "f":

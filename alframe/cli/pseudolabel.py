@@ -169,21 +169,13 @@ def _gray(array: np.ndarray, in_channels: int) -> np.ndarray:
 
 
 def _mask_slices(path: Path) -> list[np.ndarray]:
-    from alframe.data.io import read_array
+    from alframe.data.io import read_array, single_channel_mask
 
     if _kind(path) == "nifti":
         volume, _ = _read_volume(path)
         slices = [volume[:, :, k] for k in range(volume.shape[2])]
     else:
-        data = read_array(path, keep_palette=True)
-        if data.ndim == 3:
-            colour = data[:, :, :3] if data.shape[2] >= 3 else data[:, :, :1]
-            if not np.all(colour == colour[:, :, :1]):
-                raise DataError(
-                    f"mask {path} is a colour image; save masks as single-channel class values"
-                )
-            data = colour[:, :, 0]
-        slices = [data]
+        slices = [single_channel_mask(read_array(path, keep_palette=True), path)]
     for data in slices:
         if data.dtype.kind == "f" and not np.all(data == np.round(data)):
             raise DataError(f"mask {path} has non-integer values; masks hold class values")

@@ -8,6 +8,7 @@ the file and the fix.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -261,15 +262,7 @@ def _raw_mask(sample: Sample) -> np.ndarray:
         data = _read_slice(path, sample.slice_index or 0, sample.axis)
     else:
         data = read_array(path, keep_palette=True)
-    if data.ndim == 3:
-        # Colour masks are accepted only when they are gray in disguise (R = G = B).
-        colour = data[:, :, :3] if data.shape[2] >= 3 else data[:, :, :1]
-        if not np.all(colour == colour[:, :, :1]):
-            raise DataError(
-                f"mask {path} is a colour image with different R, G, B values; save masks as "
-                "single-channel images of class values (e.g. 8-bit grayscale PNG)"
-            )
-        data = colour[:, :, 0]
+    data = single_channel_mask(data, path)
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
             raise DataError(
@@ -295,6 +288,24 @@ def _check_two_classes(classes: dict[str, int], mask_format: str) -> None:
             f"mask_format '{mask_format}' gives 2 classes (background, foreground) but data.classes "
             f"has {len(classes)} ({', '.join(classes)}); use mask_format: semantic or list 2 classes"
         )
+
+
+def single_channel_mask(data: np.ndarray, path: str | os.PathLike[str]) -> np.ndarray:
+    """A mask array as (H, W): colour masks are accepted only when they are gray in disguise
+    (R = G = B; alpha ignored).
+
+    Raises:
+        DataError: a colour mask whose channels differ.
+    """
+    if data.ndim != 3:
+        return data
+    colour = data[:, :, :3] if data.shape[2] >= 3 else data[:, :, :1]
+    if not np.all(colour == colour[:, :, :1]):
+        raise DataError(
+            f"mask {path} is a colour image with different R, G, B values; save masks as "
+            "single-channel images of class values (e.g. 8-bit grayscale or palette PNG)"
+        )
+    return colour[:, :, 0]
 
 
 def read_mask(sample: Sample, classes: dict[str, int], mask_format: str) -> np.ndarray:
