@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["global_rank", "is_global_zero"]
+__all__ = ["global_rank", "is_global_zero", "local_rank", "world_size"]
 
 
 def _int_env(name: str) -> int:
@@ -32,3 +32,21 @@ def global_rank() -> int:
 def is_global_zero() -> bool:
     """Whether this is the process that evaluates, writes summaries and logs to MLflow."""
     return global_rank() == 0
+
+
+def world_size() -> int:
+    """How many processes the launch has: ``WORLD_SIZE`` (torchrun, Lightning), else
+    ``SLURM_NTASKS``; 1 for a plain process."""
+    if "WORLD_SIZE" in os.environ:
+        return max(1, _int_env("WORLD_SIZE"))
+    return max(1, _int_env("SLURM_NTASKS"))
+
+
+def local_rank() -> int:
+    """This process's index on its node: ``LOCAL_RANK`` (torchrun, Lightning), else
+    ``SLURM_LOCALID`` under a multi-task SLURM step; 0 otherwise."""
+    if "LOCAL_RANK" in os.environ:
+        return _int_env("LOCAL_RANK")
+    if _int_env("SLURM_NTASKS") > 1:
+        return _int_env("SLURM_LOCALID")
+    return 0

@@ -299,3 +299,33 @@ def test_end_to_end_with_the_data_package(tmp_path: Path) -> None:
     assert pool.weights_hash == source.weights_hash
     np.testing.assert_allclose(np.linalg.norm(source.embeddings, axis=1), 1.0, rtol=1e-5)
     assert pipeline.embed_pool(recipe, "pool", progress=False).from_cache
+
+
+def test_embed_devices_from_the_recipe_split_batches_and_share_the_cache(
+    tmp_path: Path, fake_data: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alframe.embed import extract
+
+    used: list[list[str]] = []
+
+    class RecordingReplicas(extract.Replicas):  # type: ignore[type-arg]
+        def __init__(self, module: Any, devices: Any) -> None:
+            used.append([str(d) for d in devices])
+            super().__init__(module, devices)
+
+    monkeypatch.setattr(extract, "Replicas", RecordingReplicas)
+    one = pipeline.embed_pool(make_recipe(tmp_path / "one"), "pool", progress=False)
+    split = make_recipe(tmp_path / "split")
+    split = split.model_copy(
+        update={"embed": split.embed.model_copy(update={"devices": "cpu,cpu"})}
+    )
+    two = pipeline.embed_pool(split, "pool", progress=False)
+    assert used == [["cpu"], ["cpu", "cpu"]]  # no GPU here: "auto" is the CPU
+    np.testing.assert_allclose(two.embeddings, one.embeddings, atol=1e-5)
+    # Where rows were computed is not part of the cache key: the split run's entry serves a
+    # one-device recipe with the same output folder.
+    same_folder = make_recipe(tmp_path / "split")
+    assert pipeline.embed_pool(same_folder, "pool", progress=False).from_cache
+    # An explicit argument overrides the recipe.
+    pipeline.embed_pool(split, "pool", progress=False, recompute=True, device="cpu")
+    assert used[-1] == ["cpu"]

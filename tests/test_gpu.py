@@ -29,11 +29,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only as pytorch_rank
 from torch.utils.data import DataLoader, Dataset
 
 from alframe.config import Recipe, recipe_from_dict
-from alframe.embed.extract import extract_embeddings, resolve_device
+from alframe.embed.extract import extract_embeddings
 from alframe.errors import ConfigError, ModelError
 from alframe.index import VectorIndex, exact_knn, gpu_count
 from alframe.index import resolve_device as resolve_index_device
 from alframe.models.training import fit_segmentation, make_trainer, torch_flags_restored
+from alframe.parallel import resolve_device
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*isinstance\\(treespec, LeafSpec\\).*",
@@ -235,18 +236,58 @@ def test_cuda_training_step_of_a_tiny_unet(tmp_path: Path) -> None:
     assert math.isfinite(result.best_val_dice)
 
 
+def _split_targets() -> list[str]:
+    # Every GPU when there are several; otherwise two replicas on the one GPU, which runs the
+    # same copy / split / gather code.
+    count = torch.cuda.device_count()
+    return [f"cuda:{i}" for i in range(count)] if count > 1 else ["cuda:0", "cuda:0"]
+
+
 @pytest.mark.gpu
 @needs_cuda
-def test_cuda_embeddings_match_cpu() -> None:
+@pytest.mark.parametrize("where", ["one GPU", "split"])
+def test_cuda_embeddings_match_cpu(where: str) -> None:
     torch.manual_seed(0)
     encoder = torch.nn.Sequential(
         torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, stride=2)
     )
-    images = Squares(6).images
-    on_cpu = extract_embeddings(encoder, images, batch_size=3, progress=False, device="cpu")
-    on_gpu = extract_embeddings(encoder, images, batch_size=3, progress=False, device="cuda")
+    images = Squares(7).images
+    devices = ["cuda"] if where == "one GPU" else _split_targets()
+    on_cpu = extract_embeddings(encoder, images, batch_size=4, progress=False, device="cpu")
+    on_gpu = extract_embeddings(encoder, images, batch_size=4, progress=False, device=devices)
     np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
     assert next(encoder.parameters()).device.type == "cpu"  # the module goes back home
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_ranking_split_over_gpus_matches_cpu() -> None:
+    import copy
+
+    from alframe.ranking import Predictor, TargetImages, create_ranker, rank_models
+    from tests.test_ranking import _tiny_unet
+
+    torch.manual_seed(0)
+    net = _tiny_unet()
+    array = Squares(7).images.numpy().astype(np.float32)
+    images = TargetImages.from_array(array)
+    results = {}
+    for devices in ("cpu", ",".join(_split_targets())):
+        predictor = Predictor.from_module(copy.deepcopy(net), name="unet", num_classes=2)
+        ranker = create_ranker("cte-ei", perturbation="dropout", seed=3)
+        report = rank_models(
+            [predictor], images, [ranker], batch_size=4, progress=False, devices=devices
+        )
+        predictor.place(devices)
+        results[devices] = (
+            predictor.predict_proba(array[:5]),
+            report.results[ranker.describe()]["unet"].per_image,
+        )
+        predictor.place("cpu")
+    (cpu_proba, cpu_scores), (gpu_proba, gpu_scores) = results.values()
+    np.testing.assert_allclose(gpu_proba, cpu_proba, atol=1e-4)
+    # EI thresholds probabilities at 0.5: a pixel within float error of it may flip.
+    np.testing.assert_allclose(gpu_scores, cpu_scores, atol=1e-3)
 
 
 @pytest.mark.gpu

@@ -83,6 +83,26 @@ def test_rank_end_to_end_with_labels(
         assert (out / name).is_file(), name
 
 
+def test_rank_on_several_devices_gives_the_one_device_scores(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    target = setup["data"] / "target"
+    scores = {}
+    for devices in ("cpu", "cpu,cpu"):
+        out = tmp_path / devices.replace(",", "_")
+        args = ["rank", "-c", str(setup["ckpt0"]), str(setup["script"]), "-i", str(target)]
+        args += ["--labels", str(target / "masks"), "-m", "cte-ei", "-m", "im", "-p", "gauss"]
+        args += ["--batch-size", "3", "--devices", devices, "--out", str(out)]
+        assert main([*args, "--no-track", "--no-progress"]) == 0
+        payload = json.loads((out / "ranking.json").read_text())
+        scores[devices] = (payload["rankers"], payload["true_dice"])
+    for ranker, by_devices in scores["cpu"][0].items():
+        split = {r["model"]: r["score"] for r in scores["cpu,cpu"][0][ranker]["ranking"]}
+        for row in by_devices["ranking"]:
+            assert split[row["model"]] == pytest.approx(row["score"], abs=1e-6), ranker
+    assert scores["cpu,cpu"][1] == pytest.approx(scores["cpu"][1], abs=1e-6)
+
+
 def test_rank_logs_to_the_tracker(
     setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -144,6 +164,8 @@ def test_rank_logs_to_the_tracker(
         (["--checkpoints", "ONNX"], "onnxruntime"),
         (["--checkpoints", "TEXT"], "unknown model file type"),
         (["--batch-size", "0"], "--batch-size"),
+        (["--devices", "tpu"], "unknown device 'tpu'"),
+        (["--devices", "cuda:99"], "requested but torch sees"),
     ],
 )
 def test_rank_user_errors_exit_2(

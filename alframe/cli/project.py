@@ -188,7 +188,9 @@ def add_commands(sub: Any) -> None:
     init.add_argument("--url-prefix", default=None, help="Label Studio image URL prefix")
     init.set_defaults(handler=cmd_project_init)
 
-    rounds = sub.add_parser("round", help="labelling rounds: next, import, status, pseudolabel, train")
+    rounds = sub.add_parser(
+        "round", help="labelling rounds: next, import, status, pseudolabel, train"
+    )
     round_sub = rounds.add_subparsers(dest="round_action", metavar="ACTION", required=True)
     nxt = round_sub.add_parser("next", help="select and export the next batch for annotators")
     nxt.add_argument("dir", help="project folder")

@@ -45,7 +45,13 @@ def add_commands(sub: Any) -> None:
     rank.add_argument("--seed", type=int, default=42, help="perturbation seed (default 42)")
     rank.add_argument("--source", help="labelled source folder (images/ + masks/) for source-dice")
     rank.add_argument("--image-size", type=int, default=None, help="override the input size")
-    rank.add_argument("--batch-size", type=int, default=16)
+    rank.add_argument("--batch-size", type=int, default=16, help="images per pass, all devices")
+    rank.add_argument(
+        "--devices",
+        default="auto",
+        help="auto (every GPU, else CPU), cpu, cuda:1, or several: cuda:0,cuda:1 (each batch is "
+        "split across them; one model on the devices at a time)",
+    )
     rank.add_argument("--out", "-o", default="alframe_rank", help="folder for CSV / JSON / plot")
     rank.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     rank.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -118,6 +124,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     names = _method_names(args.method, args.source is not None)
     from alframe.cli.commands import quiet_lightning
+    from alframe.parallel import resolve_devices
     from alframe.ranking import (
         images_from_folder,
         load_predictor,
@@ -127,6 +134,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     )
 
     quiet_lightning()
+    devices = resolve_devices(args.devices)  # a bad request fails before any model is read
     predictors = [load_predictor(path) for path in args.checkpoints]
     recipe = next((p.recipe for p in predictors if p.recipe), None)
     images = images_from_folder(args.images, args.labels, recipe, args.image_size)
@@ -142,12 +150,17 @@ def cmd_rank(args: argparse.Namespace) -> int:
     )
     rankers = _build_rankers(args, names, source)
     report = rank_models(
-        predictors, images, rankers, batch_size=args.batch_size, progress=not args.no_progress
+        predictors,
+        images,
+        rankers,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        devices=devices,
     )
     for ranker, model, reason in report.skipped:
         print(f"skipped {ranker} for {model}: {reason}")
     if args.labels:
-        validate(report, predictors, images, batch_size=args.batch_size)
+        validate(report, predictors, images, batch_size=args.batch_size, devices=devices)
     print(report.format())
     if report.correlations:
         print("\ncorrelation with true Dice (scores oriented so that higher = better):")

@@ -6,9 +6,12 @@ silently ignored setting. Paths inside ``data`` are relative to ``data.root``.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_DEVICE_NAME = re.compile(r"auto|all|cpu|gpu|cuda(:\d+)?")
 
 
 class _Strict(BaseModel):
@@ -275,9 +278,32 @@ class EmbedConfig(_Strict):
     encoder: str = Field("resnet18", description="timm model name (backbone: timm)")
     weights: str | None = None
     concat_penultimate: bool = Field(False, description="also pool the penultimate stage")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="images per forward pass, over all devices")
+    devices: int | str | list[str] = Field(
+        "auto",
+        description="auto (every GPU, else CPU; one GPU per process under torchrun / SLURM), "
+        "all, a count, a device (cpu, cuda:1) or a list; each batch is split across them",
+    )
     cache_dir: str | None = Field(None, description="default: <output_dir>/embeddings")
     mae: MAEConfig = MAEConfig()
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names(cls, value: int | str | list[str]) -> int | str | list[str]:
+        # Only the spelling is checked here: which devices exist is known on the machine.
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError(f"a device count must be >= 1, got {value}")
+            return value
+        names = value.split(",") if isinstance(value, str) else value
+        if not names:
+            raise ValueError("an empty device list; use 'auto' or name at least one device")
+        for name in names:
+            if not _DEVICE_NAME.fullmatch(name.strip().lower()):
+                raise ValueError(
+                    f"unknown device {name!r}; use auto, all, cpu, cuda, cuda:N or a list of them"
+                )
+        return value
 
 
 class SelectConfig(_Strict):

@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from alframe.errors import ModelError
+from alframe.parallel import DeviceSpec, Replicas, resolve_devices
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +70,19 @@ class Embedder:
         Returns:
             Feature maps (B, C_i, H_i, W_i), shallow to deep.
         """
-        out = self.module(images)
-        if isinstance(out, torch.Tensor):
-            out = [out]
-        return [f for f in out if isinstance(f, torch.Tensor) and f.ndim == 4]
+        return module_feature_maps(self.module, images)
 
     def weights_hash(self) -> str:
         """sha256 of the module's state dict (see :func:`weights_hash`)."""
         return weights_hash(self.module)
+
+
+def module_feature_maps(module: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """Run an encoder module and keep its 4-D feature maps (B, C_i, H_i, W_i), shallow to deep."""
+    out = module(images)
+    if isinstance(out, torch.Tensor):
+        out = [out]
+    return [f for f in out if isinstance(f, torch.Tensor) and f.ndim == 4]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,46 +410,6 @@ def _as_loader(data: DataSource, batch_size: int, num_workers: int) -> DataLoade
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The torch device extraction runs on.
-
-    Args:
-        device: ``None`` or ``"auto"``: CUDA when torch sees a GPU, else the CPU; ``"cpu"``;
-            ``"cuda"`` / ``"gpu"`` (the current CUDA device) or ``"cuda:N"``; or a
-            ``torch.device``.
-
-    Returns:
-        The device.
-
-    Raises:
-        ModelError: an unknown device string, or a CUDA device that this machine does not have
-            (say ``"auto"`` or ``"cpu"`` instead).
-    """
-    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, str) and device.strip().lower() == "gpu":
-        device = "cuda"
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ModelError(
-            f"unknown device {device!r} ({err}); use 'auto', 'cpu', 'cuda' or 'cuda:N'"
-        ) from None
-    if target.type == "cuda":
-        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if available == 0:
-            raise ModelError(
-                f"device {str(target)!r} requested but torch sees no CUDA device; use 'auto' "
-                "(GPU when present, else CPU) or 'cpu'"
-            )
-        if target.index is not None and target.index >= available:
-            raise ModelError(
-                f"device {str(target)!r} requested but torch sees only {available} CUDA "
-                f"device(s) (cuda:0 to cuda:{available - 1})"
-            )
-    return target
-
-
 def pool_features(
     feature_maps: list[torch.Tensor], concat_penultimate: bool = False
 ) -> torch.Tensor:
@@ -481,7 +447,7 @@ def iter_embeddings(
     batch_size: int = 32,
     concat_penultimate: bool = False,
     progress: bool = True,
-    device: str | torch.device | None = None,
+    device: DeviceSpec = None,
     num_workers: int = 0,
 ) -> Iterator[tuple[np.ndarray, list[str] | None]]:
     """Yield ``(embeddings (b, D) float32, ids or None)`` batch by batch; see
@@ -491,11 +457,18 @@ def iter_embeddings(
     embedder = encoder if isinstance(encoder, Embedder) else Embedder(encoder, "module", "", 0)
     module = embedder.module
     loader = _as_loader(data, batch_size, num_workers)
-    target = resolve_device(device)
+    targets = resolve_devices(device)
     first = next(iter(module.parameters()), None)
     home = first.device if first is not None else torch.device("cpu")
     was_training = module.training
-    module.to(target).eval()
+    module.eval()
+    replicas = Replicas(module, targets)
+    if len(targets) > 1:
+        logger.info("embedding on %d devices: %s", len(targets), ", ".join(map(str, targets)))
+
+    def embed_chunk(replica: nn.Module, chunk: torch.Tensor, _index: int) -> torch.Tensor:
+        return pool_features(module_feature_maps(replica, chunk), concat_penultimate)
+
     try:
         with torch.inference_mode():
             for batch in tqdm(loader, desc="embedding", unit="batch", disable=not progress):
@@ -508,9 +481,8 @@ def iter_embeddings(
                         f"{embedder.name} expects {embedder.in_channels}; set data.in_channels "
                         "to match the encoder (or use an encoder built for these images)"
                     )
-                images = images.to(target, dtype=torch.float32, non_blocking=True)
-                rows = pool_features(embedder.feature_maps(images), concat_penultimate)
-                yield rows.cpu().numpy().astype(np.float32, copy=False), ids
+                rows = replicas.gather(embed_chunk, images.to(dtype=torch.float32))
+                yield rows.numpy().astype(np.float32, copy=False), ids
     finally:
         module.to(home).train(was_training)
 
@@ -521,7 +493,7 @@ def extract_embeddings_and_ids(
     batch_size: int = 32,
     concat_penultimate: bool = False,
     progress: bool = True,
-    device: str | torch.device | None = None,
+    device: DeviceSpec = None,
     num_workers: int = 0,
 ) -> tuple[np.ndarray, list[str] | None]:
     """Like :func:`extract_embeddings`, also returning the items' ``id`` fields.
@@ -550,7 +522,7 @@ def extract_embeddings(
     batch_size: int = 32,
     concat_penultimate: bool = False,
     progress: bool = True,
-    device: str | torch.device | None = None,
+    device: DeviceSpec = None,
     num_workers: int = 0,
 ) -> np.ndarray:
     """Embed every item of a dataset (in order) with an encoder, without masking.
@@ -568,8 +540,11 @@ def extract_embeddings(
         batch_size: images per forward pass.
         concat_penultimate: also use the penultimate stage.
         progress: show a progress bar.
-        device: ``None`` or ``"auto"``: CUDA when available, else CPU; ``"cpu"``, ``"cuda"``
-            (alias ``"gpu"``), ``"cuda:N"`` or a ``torch.device`` (see :func:`resolve_device`).
+        device: where the encoder runs (see :func:`alframe.parallel.resolve_devices`):
+            ``None`` / ``"auto"``: every visible GPU, else the CPU; one device (``"cpu"``,
+            ``"cuda"``, ``"cuda:N"``, a ``torch.device``); several (``"cuda:0,cuda:1"``, a list,
+            a count, ``"all"``). With several, each batch is split across them and the rows are
+            gathered in order, so the result does not depend on the device count.
         num_workers: DataLoader workers (when a dataset is given).
 
     Returns:

@@ -23,6 +23,7 @@ from alframe.embed.extract import (
     extract_embeddings_and_ids,
 )
 from alframe.errors import ConfigError, ModelError, StateError
+from alframe.parallel import DeviceSpec
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def embed_samples(
     embedder: Embedder | None = None,
     recompute: bool = False,
     progress: bool = True,
-    device: str | None = None,
+    device: DeviceSpec = None,
 ) -> EmbeddingResult:
     """Embed given samples (anything with an ``id``) with the recipe's encoder, through the cache.
 
@@ -150,7 +151,7 @@ def embed_samples(
         embedder: the encoder to use (default: :func:`build_embedder`).
         recompute: ignore (and overwrite) an existing cache entry, stale or not.
         progress: show a progress bar.
-        device: ``None``: CUDA when available, else CPU.
+        device: overrides ``embed.devices`` (see :func:`alframe.parallel.resolve_devices`).
 
     Returns:
         An :class:`EmbeddingResult`.
@@ -182,7 +183,7 @@ def embed_samples(
         batch_size=recipe.embed.batch_size,
         concat_penultimate=recipe.embed.concat_penultimate,
         progress=progress,
-        device=device,
+        device=recipe.embed.devices if device is None else device,
         num_workers=recipe.train.num_workers,
     )
     if seen_ids is not None and seen_ids != ids:
@@ -205,7 +206,7 @@ def embed_pool(
     which: Literal["pool", "source"] = "pool",
     recompute: bool = False,
     progress: bool = True,
-    device: str | None = None,
+    device: DeviceSpec = None,
 ) -> EmbeddingResult:
     """Embed the active-learning pool (``data.train``) or the source set (``data.source``).
 
@@ -219,7 +220,7 @@ def embed_pool(
         which: ``"pool"`` or ``"source"``.
         recompute: ignore (and overwrite) an existing cache entry.
         progress: show a progress bar.
-        device: ``None``: CUDA when available, else CPU.
+        device: overrides ``embed.devices`` (see :func:`alframe.parallel.resolve_devices`).
 
     Returns:
         An :class:`EmbeddingResult` (ids in catalog order, i.e. sorted).

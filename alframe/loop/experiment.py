@@ -146,6 +146,7 @@ def _results_fingerprint(recipe: Recipe) -> dict[str, Any]:
     for key in ("name", "experiment", "tracking", "output_dir", "select"):
         data.pop(key, None)
     data.get("train", {}).pop("progress", None)
+    data.get("embed", {}).pop("devices", None)  # rows are gathered in order on any devices
     if not recipe.pseudolabel.enabled:  # switched off, none of its settings matter
         data.pop("pseudolabel", None)
     return data

@@ -13,9 +13,11 @@ scoring (see :func:`channel_dropout`).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -177,7 +179,30 @@ def make_perturbation(
 # ------------------------------------------------------------------------- feature hooks
 
 
-def _drop_channels(features: Any, dropout: ChannelDropout, rng: np.random.Generator) -> Any:
+class _SharedDraws:
+    """Channel draws shared by the replicas of one model on several devices.
+
+    The n-th forward call of a replica asks for key ``(n, site, position)``; the first replica
+    to ask draws from the generator, the others reuse the draw. Every replica asks for its keys
+    in the same order, so the draws leave the generator in the order one model would take them:
+    results are the same on one device or many.
+    """
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.lock = threading.Lock()
+        self.drawn: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def channels(self, key: tuple[int, int, int], channels: int, k: int) -> np.ndarray:
+        with self.lock:
+            if key not in self.drawn:
+                self.drawn[key] = self.rng.choice(channels, size=k, replace=False)
+            return self.drawn[key]
+
+
+def _drop_channels(
+    features: Any, dropout: ChannelDropout, draws: _SharedDraws, key: tuple[int, int, int]
+) -> Any:
     """Zero k = ceil(p·C) channels of a (B, C, h, w) tensor (same channels for the batch)."""
     import torch
 
@@ -187,7 +212,7 @@ def _drop_channels(features: Any, dropout: ChannelDropout, rng: np.random.Genera
     k = math.ceil(dropout.p * channels)
     if k == 0:
         return features
-    dropped = rng.choice(channels, size=k, replace=False)
+    dropped = draws.channels(key, channels, k)
     keep = torch.ones(channels, dtype=features.dtype, device=features.device)
     keep[torch.as_tensor(dropped, device=features.device)] = 0
     shape = [1, channels] + [1] * (features.ndim - 2)
@@ -235,32 +260,48 @@ def channel_dropout(
     removed on exit, also after an exception; parameters and buffers are never touched.
 
     Args:
-        module: an smp model or a task wrapping one.
+        module: an smp model or a task wrapping one — or a list of them, the replicas of one
+            model on several devices (``Predictor.modules``): their n-th calls then drop the
+            same channels, so a batch split across devices is perturbed like the whole batch.
         dropout: the proportion and placement.
         rng: the generator of the dropped channels.
 
     Raises:
         ModelError: the module is not an smp-style model.
     """
-    encoder, decoder_blocks = feature_sites(module)
+    replicas = list(module) if isinstance(module, list | tuple) else [module]
+    draws = _SharedDraws(rng)
+    handles = []
+    for replica in replicas:
+        encoder, decoder_blocks = feature_sites(replica)
+        calls = [-1]  # this replica's forward-call counter, advanced by the encoder hook
 
-    def encoder_hook(_module: Any, _inputs: Any, output: Any) -> Any:
-        if not isinstance(output, Sequence) or isinstance(output, str):
-            return _drop_channels(output, dropout, rng)
-        features = list(output)
-        if dropout.where == "bottleneck":
-            features[-1] = _drop_channels(features[-1], dropout, rng)
-        else:
-            # Entry 0 of an smp encoder's list is the input image itself: not a feature.
-            features[1:] = [_drop_channels(f, dropout, rng) for f in features[1:]]
-        return type(output)(features) if isinstance(output, tuple) else features
+        def encoder_hook(_module: Any, _inputs: Any, output: Any, calls: list[int] = calls) -> Any:
+            calls[0] += 1
+            n = calls[0]
+            if not isinstance(output, Sequence) or isinstance(output, str):
+                return _drop_channels(output, dropout, draws, (n, 0, 0))
+            features = list(output)
+            if dropout.where == "bottleneck":
+                features[-1] = _drop_channels(features[-1], dropout, draws, (n, 0, 0))
+            else:
+                # Entry 0 of an smp encoder's list is the input image itself: not a feature.
+                features[1:] = [
+                    _drop_channels(f, dropout, draws, (n, 0, j)) for j, f in enumerate(features[1:])
+                ]
+            return type(output)(features) if isinstance(output, tuple) else features
 
-    def block_hook(_module: Any, _inputs: Any, output: Any) -> Any:
-        return _drop_channels(output, dropout, rng)
+        def block_hook(
+            _module: Any, _inputs: Any, output: Any, site: int = 0, calls: list[int] = calls
+        ) -> Any:
+            return _drop_channels(output, dropout, draws, (calls[0], site, 0))
 
-    handles = [encoder.register_forward_hook(encoder_hook)]
-    if dropout.where == "all":
-        handles.extend(block.register_forward_hook(block_hook) for block in decoder_blocks)
+        handles.append(encoder.register_forward_hook(encoder_hook))
+        if dropout.where == "all":
+            handles.extend(
+                block.register_forward_hook(partial(block_hook, site=i + 1))
+                for i, block in enumerate(decoder_blocks)
+            )
     try:
         yield
     finally:

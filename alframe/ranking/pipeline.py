@@ -11,10 +11,11 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from alframe._atomic import atomic_write_text
 from alframe.errors import ConfigError
 from alframe.ranking.images import TargetImages
 from alframe.ranking.predictors import Predictor
+
+if TYPE_CHECKING:
+    from alframe.parallel import DeviceSpec
 from alframe.ranking.rankers import Ranker, RankerResult
 from alframe.ranking.validation import (
     Correlation,
@@ -31,7 +35,7 @@ from alframe.ranking.validation import (
     true_instance_map,
 )
 
-__all__ = ["RankingReport", "rank_models", "validate", "write_report"]
+__all__ = ["RankingReport", "placed_on", "rank_models", "validate", "write_report"]
 
 
 @dataclass
@@ -123,6 +127,20 @@ class RankingReport:
         return "\n".join(lines)
 
 
+@contextmanager
+def placed_on(predictor: Predictor, devices: DeviceSpec | None) -> Iterator[None]:
+    """Run a block with a torch model on ``devices`` and put it back on the CPU afterwards
+    (``None``: leave it where it is; ONNX models stay on the CPU)."""
+    if devices is None or predictor.array_input:
+        yield
+        return
+    predictor.place(devices)
+    try:
+        yield
+    finally:
+        predictor.place("cpu")
+
+
 def rank_models(
     predictors: Sequence[Predictor],
     images: TargetImages,
@@ -130,6 +148,7 @@ def rank_models(
     batch_size: int = 16,
     progress: bool = True,
     time_inference: bool = False,
+    devices: DeviceSpec | None = None,
 ) -> RankingReport:
     """Score every model with every ranker.
 
@@ -140,6 +159,10 @@ def rank_models(
         batch_size: images per forward pass.
         progress: show a progress bar per model.
         time_inference: also time one plain inference pass per model (for cost ratios).
+        devices: where to run each model while it is scored (``"auto"``: every visible GPU,
+            else the CPU; a device; a list; see :meth:`Predictor.place`), one model at a time,
+            so a large zoo never has to fit on the GPUs at once; each model goes back to the
+            CPU afterwards. ``None``: leave the models where they are.
 
     Returns:
         The report.
@@ -166,18 +189,19 @@ def rank_models(
                 )
         total = len(images) * (len(usable) + int(time_inference))
         bar = _progress_bar(total, predictor.name, progress)
-        try:
-            if time_inference:
-                started = time.perf_counter()
-                for _, batch in images.batches(batch_size):
-                    predictor.predict_proba(batch)
-                    bar.update(batch.shape[0])
-                report.inference_seconds[predictor.name] = time.perf_counter() - started
-            for ranker in usable:
-                result = ranker.score(predictor, images, batch_size, progress=bar.update)
-                report.results.setdefault(ranker.describe(), {})[predictor.name] = result
-        finally:
-            bar.close()
+        with placed_on(predictor, devices):
+            try:
+                if time_inference:
+                    started = time.perf_counter()
+                    for _, batch in images.batches(batch_size):
+                        predictor.predict_proba(batch)
+                        bar.update(batch.shape[0])
+                    report.inference_seconds[predictor.name] = time.perf_counter() - started
+                for ranker in usable:
+                    result = ranker.score(predictor, images, batch_size, progress=bar.update)
+                    report.results.setdefault(ranker.describe(), {})[predictor.name] = result
+            finally:
+                bar.close()
     return report
 
 
@@ -189,6 +213,7 @@ def validate(
     n_resamples: int = 1000,
     seed: int = 0,
     truth: str = "dice",
+    devices: DeviceSpec | None = None,
 ) -> RankingReport:
     """Add true performance per model and the correlations of every ranker with it.
 
@@ -202,6 +227,7 @@ def validate(
         truth: ``"dice"`` (semantic labels) or ``"map"`` (instance label maps: mAP@0.5:0.95 of
             the connected components of the prediction, as for CTE-ARS). Stored in
             ``report.dice`` either way.
+        devices: where each model runs while it is evaluated (see :func:`rank_models`).
 
     Raises:
         DataError: the images have no labels.
@@ -210,10 +236,11 @@ def validate(
     if truth not in ("dice", "map"):
         raise ConfigError(f"truth must be 'dice' or 'map', got {truth!r}")
     for predictor in predictors:
-        if truth == "map":
-            per_image = true_instance_map(predictor, images, batch_size=batch_size)
-        else:
-            per_image = true_dice(predictor, images, batch_size)
+        with placed_on(predictor, devices):
+            if truth == "map":
+                per_image = true_instance_map(predictor, images, batch_size=batch_size)
+            else:
+                per_image = true_dice(predictor, images, batch_size)
         report.per_image_dice[predictor.name] = per_image
         report.dice[predictor.name] = float(per_image.mean())
     for ranker in report.rankers:

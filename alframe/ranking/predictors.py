@@ -19,14 +19,18 @@ Logits with one channel are read as a binary sigmoid output (K = 2), otherwise s
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from alframe.errors import ModelError
+
+if TYPE_CHECKING:
+    from alframe.parallel import DeviceSpec
 
 __all__ = ["Predictor", "load_predictor", "logits_to_probabilities"]
 
@@ -61,7 +65,8 @@ class Predictor:
         recipe: the resolved recipe stored in an alframe checkpoint (its preprocessing), if any.
         source: where it came from (a path, or a description).
         array_input: ``function`` takes NumPy arrays (ONNX) instead of torch tensors.
-        device: torch device the batches are moved to.
+        device: torch device the batches are moved to (the first one after
+            :meth:`place` on several).
     """
 
     name: str
@@ -73,11 +78,72 @@ class Predictor:
     source: str = ""
     array_input: bool = False
     device: str = "cpu"
+    _replicas: Any = field(default=None, init=False, repr=False)
 
     @property
     def grey_box(self) -> bool:
         """Whether the module is reachable (feature perturbations and feature baselines)."""
         return self.module is not None
+
+    @property
+    def devices(self) -> list[str]:
+        """The devices inference runs on (one unless :meth:`place` was given several)."""
+        if self._replicas is not None:
+            return [str(d) for d in self._replicas.devices]
+        return [self.device]
+
+    @property
+    def modules(self) -> list[Any]:
+        """The torch module on every device (for hooks); empty for a black-box predictor."""
+        if self.module is None:
+            return []
+        if self._replicas is not None:
+            return list(self._replicas.modules)
+        return [self.module]
+
+    def place(self, devices: DeviceSpec) -> Predictor:
+        """Put a torch model on one or several devices (see
+        :func:`alframe.parallel.resolve_devices`).
+
+        With several devices the model is copied once onto each and every batch is split
+        across the copies; outputs are gathered in input order, so scores do not depend on the
+        device count. ONNX predictors run on the CPU through onnxruntime and only accept
+        ``"cpu"`` / ``"auto"``.
+
+        Args:
+            devices: ``"auto"`` (every visible GPU, else the CPU), one device, a list, a count.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ModelError: unknown or missing devices, or an ONNX model asked onto a GPU.
+        """
+        from torch import nn
+
+        from alframe.parallel import Replicas, resolve_devices
+
+        if self.array_input:
+            targets = resolve_devices("cpu" if devices in (None, "auto") else devices)
+            if any(t.type != "cpu" for t in targets):
+                raise ModelError(
+                    f"{self.name}: ONNX models run on the CPU through onnxruntime; use device "
+                    "'cpu' or export the model to TorchScript (.pt) for GPUs"
+                )
+            return self
+        if not isinstance(self.function, nn.Module):
+            raise ModelError(
+                f"{self.name}: a plain function cannot be moved between devices; place the "
+                "model yourself or wrap it in a torch module"
+            )
+        targets = resolve_devices(devices)
+        self._replicas = None
+        if len(targets) > 1:
+            self._replicas = Replicas(self.function, targets)
+        else:
+            self.function.to(targets[0])
+        self.device = str(targets[0])
+        return self
 
     # ------------------------------------------------------------------ constructors
 
@@ -131,6 +197,10 @@ class Predictor:
         with torch.no_grad():
             if self.array_input:
                 raw = self.function(batch)
+            elif self._replicas is not None:
+                raw = self._replicas.gather(
+                    lambda replica, chunk, _i: replica(chunk).float(), torch.from_numpy(batch)
+                )
             else:
                 raw = self.function(torch.from_numpy(batch).to(self.device))
         if isinstance(raw, torch.Tensor):
@@ -162,23 +232,35 @@ class Predictor:
         Raises:
             ModelError: black-box predictor, or the module has no ``segmentation_head``.
         """
-        head = _segmentation_head(self.module) if self.module is not None else None
-        if head is None:
+        heads = [_segmentation_head(m) for m in self.modules]
+        if not heads or any(head is None for head in heads):
             raise ModelError(
                 f"{self.name}: decoder features need a grey-box smp model (an alframe "
                 "checkpoint); this ranker cannot score black-box models"
             )
-        captured: list[Any] = []
+        # One slot per replica: each device's chunk lands in its own slot, in batch order.
+        captured: list[list[np.ndarray]] = [[] for _ in heads]
+        lock = threading.Lock()
 
-        def hook(_module: Any, inputs: Any) -> None:
-            captured.append(inputs[0].detach().float().cpu().numpy())
+        def capture_into(slot: list[np.ndarray]) -> Callable[[Any, Any], None]:
+            def hook(_module: Any, inputs: Any) -> None:
+                features = inputs[0].detach().float().cpu().numpy()
+                with lock:
+                    slot.append(features)
 
-        handle = head.register_forward_pre_hook(hook)
+            return hook
+
+        handles = [
+            head.register_forward_pre_hook(capture_into(slot))
+            for head, slot in zip(heads, captured, strict=True)
+        ]
         try:
             proba = self.predict_proba(images)
         finally:
-            handle.remove()
-        return proba, captured[-1]
+            for handle in handles:
+                handle.remove()
+        features = np.concatenate([slot[-1] for slot in captured if slot], axis=0)
+        return proba, features
 
 
 def _segmentation_head(module: Any) -> Any:
@@ -191,12 +273,14 @@ def _segmentation_head(module: Any) -> Any:
     return head if isinstance(head, nn.Module) else None
 
 
-def load_predictor(path: str | os.PathLike[str], device: str = "cpu") -> Predictor:
+def load_predictor(path: str | os.PathLike[str], device: DeviceSpec = "cpu") -> Predictor:
     """Load a candidate model from a file (see the module docstring for the formats).
 
     Args:
         path: ``.ckpt`` (alframe), TorchScript or ``.onnx`` file.
-        device: torch device for alframe and TorchScript models.
+        device: where alframe and TorchScript models run: one device, ``"auto"`` (every
+            visible GPU, else the CPU) or several (see :meth:`Predictor.place`). ONNX models
+            always run on the CPU.
 
     Returns:
         The predictor, named after the file (its stem, with the parent folder for checkpoints
@@ -212,11 +296,11 @@ def load_predictor(path: str | os.PathLike[str], device: str = "cpu") -> Predict
     suffix = file.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
         from alframe.models import load_task
+        from alframe.parallel import resolve_devices
 
-        task = load_task(file, map_location=device)
-        predictor = Predictor.from_task(task, name=name, source=str(file))
-        predictor.device = device
-        return predictor
+        resolve_devices(device)  # refuse a bad request before reading the file
+        task = load_task(file, map_location="cpu")
+        return Predictor.from_task(task, name=name, source=str(file)).place(device)
     if suffix in TORCHSCRIPT_SUFFIXES:
         import warnings
 
@@ -226,7 +310,7 @@ def load_predictor(path: str | os.PathLike[str], device: str = "cpu") -> Predict
             with warnings.catch_warnings():
                 # torch >= 2.9 deprecates TorchScript; it is still the portable black-box format.
                 warnings.simplefilter("ignore", FutureWarning)
-                scripted = torch.jit.load(str(file), map_location=device)
+                scripted = torch.jit.load(str(file), map_location="cpu")
         except Exception as err:  # torch raises RuntimeError / ValueError / pickle errors
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ModelError(
@@ -234,9 +318,9 @@ def load_predictor(path: str | os.PathLike[str], device: str = "cpu") -> Predict
                 "torch.jit.script(model).save(path) or torch.jit.trace, or pass an alframe .ckpt"
             ) from None
         scripted.eval()
-        return Predictor(name=name, function=scripted, source=str(file), device=device)
+        return Predictor(name=name, function=scripted, source=str(file)).place(device)
     if suffix in ONNX_SUFFIXES:
-        return _load_onnx(file, name)
+        return _load_onnx(file, name).place(device)
     raise ModelError(
         f"{file}: unknown model file type {suffix!r}; pass an alframe checkpoint (.ckpt), a "
         f"TorchScript file ({', '.join(TORCHSCRIPT_SUFFIXES)}) or an ONNX file (.onnx)"

@@ -270,7 +270,7 @@ class CTERanker(Ranker):
     ) -> np.ndarray:
         if isinstance(self.perturbation, InputPerturbation):
             return predictor.predict_proba(self.perturbation.apply(batch, rng))
-        with channel_dropout(predictor.module, self.perturbation, rng):
+        with channel_dropout(predictor.modules, self.perturbation, rng):
             return predictor.predict_proba(batch)
 
     def _score_batch(

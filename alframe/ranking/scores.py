@@ -270,9 +270,7 @@ def instance_average_precision(
         The mean over thresholds; 1.0 when neither map has an instance.
     """
     if pred_labels.shape != true_labels.shape:
-        raise ValueError(
-            f"label maps differ in shape: {pred_labels.shape} vs {true_labels.shape}"
-        )
+        raise ValueError(f"label maps differ in shape: {pred_labels.shape} vs {true_labels.shape}")
     if min(thresholds) < 0.5:
         raise ValueError("thresholds below 0.5 would need an explicit matching; use >= 0.5")
     pred_ids, pred_index = np.unique(pred_labels.ravel(), return_inverse=True)
