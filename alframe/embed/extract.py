@@ -461,15 +461,16 @@ def iter_embeddings(
     first = next(iter(module.parameters()), None)
     home = first.device if first is not None else torch.device("cpu")
     was_training = module.training
-    module.eval()
-    replicas = Replicas(module, targets)
-    if len(targets) > 1:
-        logger.info("embedding on %d devices: %s", len(targets), ", ".join(map(str, targets)))
 
     def embed_chunk(replica: nn.Module, chunk: torch.Tensor, _index: int) -> torch.Tensor:
         return pool_features(module_feature_maps(replica, chunk), concat_penultimate)
 
     try:
+        module.eval()
+        # Inside the try: a copy that fails (e.g. out of GPU memory) still sends the module home.
+        replicas = Replicas(module, targets)
+        if len(targets) > 1:
+            logger.info("embedding on %d devices: %s", len(targets), ", ".join(map(str, targets)))
         with torch.inference_mode():
             for batch in tqdm(loader, desc="embedding", unit="batch", disable=not progress):
                 images, ids = _split_batch(batch)
