@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Generic, TypeVar
 
 import torch
@@ -170,9 +171,6 @@ class Replicas(Generic[ModuleT]):
         self.modules: list[ModuleT] = [module.to(self.devices[0])]
         self.modules.extend(replica.to(d) for replica, d in zip(copies, self.devices[1:]))
 
-    def __len__(self) -> int:
-        return len(self.devices)
-
     def map(
         self,
         function: Callable[[ModuleT, torch.Tensor, int], ResultT],
@@ -208,11 +206,9 @@ class Replicas(Generic[ModuleT]):
 
         def run(index: int) -> ResultT:
             device = self.devices[index]
+            on_device = torch.cuda.device(device) if device.type == "cuda" else nullcontext()
             # Grad and inference mode are thread-local: carry the caller's into the worker.
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad_enabled):
-                if device.type == "cuda":
-                    with torch.cuda.device(device):
-                        return function(self.modules[index], chunks[index].to(device), index)
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad_enabled), on_device:
                 return function(self.modules[index], chunks[index].to(device), index)
 
         with ThreadPoolExecutor(max_workers=len(chunks), thread_name_prefix="alframe-dev") as pool:

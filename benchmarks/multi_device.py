@@ -27,12 +27,12 @@ import argparse
 import json
 import os
 import platform
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _timing import best_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO_ROOT / "docs" / "benchmarks"
@@ -46,15 +46,6 @@ def _default_configs() -> list[str]:
         return ["cpu", "cpu,cpu"]
     configs = [",".join(f"cuda:{i}" for i in range(n)) for n in range(1, count + 1)]
     return [*configs, "cuda:0,cuda:0"]
-
-
-def _best_of(fn: Any, repeats: int) -> tuple[float, Any]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, result
 
 
 def main() -> int:
@@ -105,7 +96,7 @@ def main() -> int:
         baseline_seconds, baseline_out = None, None
         for devices in configs:
             run(devices)  # warm-up: replicas, cuDNN autotuning, allocator
-            seconds, out = _best_of(partial(run, devices), args.repeats)
+            seconds, out = best_of(partial(run, devices), args.repeats)
             if baseline_seconds is None:
                 baseline_seconds, baseline_out = seconds, out
             difference = float(np.nanmax(np.abs(np.asarray(out) - np.asarray(baseline_out))))

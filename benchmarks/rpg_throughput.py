@@ -39,18 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _timing import best_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO_ROOT / "docs" / "benchmarks"
-
-
-def _timed(fn: Any, repeats: int) -> tuple[float, Any]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, result
 
 
 def main() -> int:
@@ -96,7 +88,7 @@ def main() -> int:
         return out
 
     rows: list[dict[str, Any]] = []
-    baseline_s, baseline_labels = _timed(naive, args.repeats)
+    baseline_s, baseline_labels = best_of(naive, args.repeats)
     rows.append({"method": "naive_matmul", "seconds": baseline_s, "pixels": args.queries})
     for name, backend, k in (
         ("rpg_torch_top1", "torch", 1),
@@ -104,7 +96,7 @@ def main() -> int:
         ("rpg_torch_top5", "torch", 5),
         ("rpg_faiss_top5", "faiss", 5),
     ):
-        seconds, result = _timed(
+        seconds, result = best_of(
             lambda b=backend, k=k: match_labels(queries, bank, top_k=k, backend=b), args.repeats
         )
         row: dict[str, Any] = {"method": name, "seconds": seconds, "pixels": args.queries}
@@ -121,7 +113,7 @@ def main() -> int:
         started = time.perf_counter()
         compact = prototype_bank(bank, per_class, seed=0)
         build = time.perf_counter() - started
-        seconds, result = _timed(lambda c=compact: match_labels(queries, c), args.repeats)
+        seconds, result = best_of(lambda c=compact: match_labels(queries, c), args.repeats)
         rows.append(
             {
                 "method": f"rpg_proto{per_class}_top1",
@@ -141,7 +133,7 @@ def main() -> int:
         ("rpg_proto64_stride2", RPGOptions(match_stride=2), prototype_bank(bank, 64, seed=0)),
         ("rpg_proto64_stride4", RPGOptions(match_stride=4), prototype_bank(bank, 64, seed=0)),
     ):
-        seconds, _ = _timed(
+        seconds, _ = best_of(
             lambda o=options, b=matched_bank: transfer_labels(feature_map, b, (side, side), o),
             args.repeats,
         )

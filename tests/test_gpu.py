@@ -26,15 +26,15 @@ from lightning.pytorch.plugins.environments import (
 )
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_only as pytorch_rank_zero_only
-from torch.utils.data import DataLoader, Dataset
 
-from alframe.config import Recipe, recipe_from_dict
+from alframe.config import Recipe
 from alframe.embed.extract import extract_embeddings
 from alframe.errors import ConfigError, ModelError
 from alframe.index import VectorIndex, exact_knn, gpu_count
 from alframe.index import resolve_device as resolve_index_device
 from alframe.models.training import fit_segmentation, make_trainer, torch_flags_restored
 from alframe.parallel import resolve_device
+from tests.test_models_training import Squares, SquaresModule, make_recipe
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*isinstance\\(treespec, LeafSpec\\).*",
@@ -71,28 +71,7 @@ TORCHRUN_ENV = {
 
 
 def tiny_recipe(**train: Any) -> Recipe:
-    settings: dict[str, Any] = {
-        "max_epochs": 1,
-        "lr": 0.01,
-        "progress": False,
-        "early_stopping_patience": 0,
-        "accelerator": "cpu",
-    }
-    settings.update(train)
-    return recipe_from_dict(
-        {
-            "name": "tiny",
-            "seed": 3,
-            "data": {
-                "datasets": {"toy": {"path": "toy"}},
-                "train": {"dataset": "toy"},
-                "image_size": [32, 32],
-                "classes": {"background": 0, "square": 1},
-            },
-            "model": {"arch": "Unet", "encoder": "tu-test_resnet", "encoder_depth": 3},
-            "train": settings,
-        }
-    )
+    return make_recipe(**{"max_epochs": 1, **train})
 
 
 @pytest.fixture
@@ -195,41 +174,11 @@ def test_index_device_resolution() -> None:
 # Needs a GPU
 
 
-class Squares(Dataset[dict[str, Any]]):
-    """Noise with one bright square per image; the mask is the square."""
-
-    def __init__(self, n: int = 8, size: int = 32) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self.images = torch.randn(n, 1, size, size, generator=generator) * 0.2
-        self.masks = torch.zeros(n, size, size, dtype=torch.long)
-        for i in range(n):
-            top, left = torch.randint(0, size - 12, (2,), generator=generator).tolist()
-            self.images[i, :, top : top + 12, left : left + 12] += 1.0
-            self.masks[i, top : top + 12, left : left + 12] = 1
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.images[i], "mask": self.masks[i], "id": f"sq{i}", "index": i}
-
-
-class SquaresLoaders:
-    def __init__(self) -> None:
-        self.data = Squares()
-
-    def train_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return DataLoader(self.data, batch_size=4, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return DataLoader(self.data, batch_size=4)
-
-
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_training_step_of_a_tiny_unet(tmp_path: Path) -> None:
     recipe = tiny_recipe(accelerator="gpu", devices=1, max_epochs=2, deterministic=False)
-    result = fit_segmentation(recipe, SquaresLoaders(), tmp_path / "run")
+    result = fit_segmentation(recipe, SquaresModule(), tmp_path / "run")
     assert result.best_checkpoint.is_file()
     assert result.epochs_run == 2
     assert math.isfinite(result.history[-1]["train/loss"])

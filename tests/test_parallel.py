@@ -8,6 +8,7 @@ result; the GPU versions of these checks are in test_gpu.py.
 from __future__ import annotations
 
 import copy
+import re
 import threading
 from pathlib import Path
 
@@ -257,3 +258,33 @@ def test_torchscript_models_replicate(tmp_path: Path) -> None:
     two = load_predictor(path, device="cpu,cpu")
     assert two.devices == ["cpu", "cpu"] and not two.grey_box
     np.testing.assert_allclose(two.predict_proba(batch), one.predict_proba(batch), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("devices", "message"),
+    [
+        ("tpu", "embed.devices = 'tpu'.*unknown device 'tpu'"),
+        ("cuda:99", "device 'cuda:99' requested but torch sees"),
+    ],
+)
+def test_embed_cli_refuses_bad_devices_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], devices: str, message: str
+) -> None:
+    import yaml
+
+    from alframe.cli.main import main
+    from alframe.data import synthetic_recipe_dict, write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "data", n_images=4, image_size=32, seed=0)
+    raw = synthetic_recipe_dict(tmp_path / "data", image_size=32)
+    raw["embed"] = {"backbone": "timm", "encoder": "resnet10t", "batch_size": 2}
+    raw["output_dir"] = str(tmp_path / "run")
+    raw["tracking"] = {"enabled": False}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code = main(["embed", "--recipe", str(recipe), "--set", f"embed.devices={devices}"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert re.search(message, error), error
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

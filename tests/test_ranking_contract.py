@@ -7,25 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from alframe.errors import ConfigError, ModelError
 from alframe.ranking import RANKERS, Predictor, Ranker, TargetImages, create_ranker
+from tests.test_ranking import _tiny_unet
 
 ALLOWED_REQUIREMENTS = {"features", "source_labels"}
-
-
-def _model() -> nn.Module:
-    import segmentation_models_pytorch as smp
-
-    return smp.Unet(
-        "resnet18",
-        encoder_weights=None,
-        in_channels=1,
-        classes=1,
-        encoder_depth=3,
-        decoder_channels=[16, 8, 8],
-    ).eval()
 
 
 def _images(n: int = 5) -> TargetImages:
@@ -43,7 +30,7 @@ def _build(name: str, source: TargetImages) -> Ranker:
 
 @pytest.fixture(scope="module")
 def grey_box() -> Predictor:
-    return Predictor.from_module(_model(), "unet", num_classes=2)
+    return Predictor.from_module(_tiny_unet(), "unet", num_classes=2)
 
 
 @pytest.mark.parametrize("name", RANKERS.names())

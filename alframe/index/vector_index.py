@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal
 
 import faiss
@@ -187,14 +188,9 @@ class VectorIndex:
         query_matrix = as_float32_rows(queries, "queries", self.dim)
         k = _check_k(k, self.ntotal)
         batch_size = _check_batch_size(batch_size)
-        n_queries = query_matrix.shape[0]
-        distances = np.empty((n_queries, k), dtype=np.float32)
-        indices = np.empty((n_queries, k), dtype=np.int64)
-        for start in range(0, n_queries, batch_size):
-            stop = min(start + batch_size, n_queries)
-            batch_distances, batch_indices = self._index.search(query_matrix[start:stop], k)
-            distances[start:stop] = batch_distances
-            indices[start:stop] = batch_indices
+        distances, indices = _search_in_batches(
+            query_matrix, k, batch_size, lambda rows: self._index.search(rows, k)
+        )
         return _postprocess(distances, self.metric), indices
 
     def _build(self, first_vectors: np.ndarray) -> Any:
@@ -268,14 +264,30 @@ def exact_knn(
     query_matrix = as_float32_rows(queries, "queries", database_matrix.shape[1])
     k = _check_k(k, database_matrix.shape[0])
     batch_size = _check_batch_size(batch_size)
-    n_queries = query_matrix.shape[0]
+    distances, indices = _search_in_batches(
+        query_matrix,
+        k,
+        batch_size,
+        lambda rows: faiss.knn(rows, database_matrix, k, metric=_METRICS[metric]),
+    )
+    return _postprocess(distances, metric), indices
+
+
+def _search_in_batches(
+    queries: np.ndarray,
+    k: int,
+    batch_size: int,
+    search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``search`` on query blocks of ``batch_size`` rows (bounded temporary memory).
+
+    Returns:
+        ``(distances (Q, k) float32, indices (Q, k) int64)`` as FAISS gives them.
+    """
+    n_queries = queries.shape[0]
     distances = np.empty((n_queries, k), dtype=np.float32)
     indices = np.empty((n_queries, k), dtype=np.int64)
     for start in range(0, n_queries, batch_size):
         stop = min(start + batch_size, n_queries)
-        batch_distances, batch_indices = faiss.knn(
-            query_matrix[start:stop], database_matrix, k, metric=_METRICS[metric]
-        )
-        distances[start:stop] = batch_distances
-        indices[start:stop] = batch_indices
-    return _postprocess(distances, metric), indices
+        distances[start:stop], indices[start:stop] = search(queries[start:stop])
+    return distances, indices

@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,9 +23,6 @@ from alframe._atomic import atomic_write_text
 from alframe.errors import ConfigError
 from alframe.ranking.images import TargetImages
 from alframe.ranking.predictors import Predictor
-
-if TYPE_CHECKING:
-    from alframe.parallel import DeviceSpec
 from alframe.ranking.rankers import Ranker, RankerResult
 from alframe.ranking.validation import (
     Correlation,
@@ -34,6 +31,9 @@ from alframe.ranking.validation import (
     true_dice,
     true_instance_map,
 )
+
+if TYPE_CHECKING:
+    from alframe.parallel import DeviceSpec
 
 __all__ = ["RankingReport", "placed_on", "rank_models", "validate", "write_report"]
 
@@ -189,19 +189,16 @@ def rank_models(
                 )
         total = len(images) * (len(usable) + int(time_inference))
         bar = _progress_bar(total, predictor.name, progress)
-        with placed_on(predictor, devices):
-            try:
-                if time_inference:
-                    started = time.perf_counter()
-                    for _, batch in images.batches(batch_size):
-                        predictor.predict_proba(batch)
-                        bar.update(batch.shape[0])
-                    report.inference_seconds[predictor.name] = time.perf_counter() - started
-                for ranker in usable:
-                    result = ranker.score(predictor, images, batch_size, progress=bar.update)
-                    report.results.setdefault(ranker.describe(), {})[predictor.name] = result
-            finally:
-                bar.close()
+        with placed_on(predictor, devices), closing(bar):
+            if time_inference:
+                started = time.perf_counter()
+                for _, batch in images.batches(batch_size):
+                    predictor.predict_proba(batch)
+                    bar.update(batch.shape[0])
+                report.inference_seconds[predictor.name] = time.perf_counter() - started
+            for ranker in usable:
+                result = ranker.score(predictor, images, batch_size, progress=bar.update)
+                report.results.setdefault(ranker.describe(), {})[predictor.name] = result
     return report
 
 

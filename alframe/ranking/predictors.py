@@ -19,7 +19,6 @@ Logits with one channel are read as a binary sigmoid output (K = 2), otherwise s
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,15 +237,13 @@ class Predictor:
                 f"{self.name}: decoder features need a grey-box smp model (an alframe "
                 "checkpoint); this ranker cannot score black-box models"
             )
-        # One slot per replica: each device's chunk lands in its own slot, in batch order.
+        # One slot per replica, written only by that replica's thread: no lock needed, and the
+        # slots in replica order are the batch order.
         captured: list[list[np.ndarray]] = [[] for _ in heads]
-        lock = threading.Lock()
 
         def capture_into(slot: list[np.ndarray]) -> Callable[[Any, Any], None]:
             def hook(_module: Any, inputs: Any) -> None:
-                features = inputs[0].detach().float().cpu().numpy()
-                with lock:
-                    slot.append(features)
+                slot.append(inputs[0].detach().float().cpu().numpy())
 
             return hook
 

@@ -180,14 +180,27 @@ def true_dice(predictor: Predictor, images: TargetImages, batch_size: int = 16) 
     Raises:
         DataError: the images have no labels.
     """
+    return _per_image(
+        predictor,
+        images,
+        batch_size,
+        lambda proba, label: scores.per_image_dice(proba.argmax(axis=0), label, proba.shape[0]),
+    )
+
+
+def _per_image(
+    predictor: Predictor,
+    images: TargetImages,
+    batch_size: int,
+    score: Callable[[np.ndarray, np.ndarray], float],
+) -> np.ndarray:
+    """``score(proba (K, H, W), label)`` for every image, in one streamed inference pass."""
     labels = images.label_array()
     out = np.empty(len(images), dtype=np.float64)
     for positions, batch in images.batches(batch_size):
         proba = predictor.predict_proba(batch)
         for offset, index in enumerate(range(positions.start, positions.stop)):
-            out[index] = scores.per_image_dice(
-                proba[offset].argmax(axis=0), labels[index], proba.shape[1]
-            )
+            out[index] = score(proba[offset], labels[index])
     return out
 
 
@@ -215,15 +228,12 @@ def true_instance_map(
     from alframe.ranking.rankers import connected_components
 
     to_instances = postprocess or connected_components
-    labels = images.label_array()
-    out = np.empty(len(images), dtype=np.float64)
-    for positions, batch in images.batches(batch_size):
-        proba = predictor.predict_proba(batch)
-        for offset, index in enumerate(range(positions.start, positions.stop)):
-            out[index] = scores.instance_average_precision(
-                to_instances(proba[offset]), labels[index]
-            )
-    return out
+    return _per_image(
+        predictor,
+        images,
+        batch_size,
+        lambda proba, label: scores.instance_average_precision(to_instances(proba), label),
+    )
 
 
 def plot_scores(
