@@ -126,6 +126,9 @@ def test_rank_logs_to_the_tracker(
         def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
             logged["metrics"].update(metrics)
 
+        def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+            logged.setdefault("tags", {}).update(tags)
+
         def log_artifact(self, run_id: str, path: Path) -> None:
             logged["artifacts"].append(Path(path).name)
 
@@ -133,11 +136,14 @@ def test_rank_logs_to_the_tracker(
             return "mlflow ui"
 
     monkeypatch.setattr(alframe.tracking, "Tracker", FakeTracker)
+    constant = torch.jit.script(_AllForeground())
+    constant.save(str(tmp_path / "constant.pt"))
     code = main(
         [
             "rank",
             "-c",
             str(setup["ckpt0"]),
+            str(tmp_path / "constant.pt"),
             "-i",
             str(setup["data"] / "target"),
             "-m",
@@ -150,7 +156,20 @@ def test_rank_logs_to_the_tracker(
     assert code == 0
     assert logged["experiment"] == "alframe-rank"
     assert "im/model0" in logged["metrics"]
+    assert logged["metrics"]["degenerate/model0"] == 0.0
+    assert logged["metrics"]["degenerate/constant"] == 1.0
+    assert logged["tags"]["degenerate.constant"].startswith("all foreground")
+    assert "degenerate.model0" not in logged["tags"]
+    assert logged["params"]["primary_ranker"] == "im"
+    assert logged["params"]["perturbation_scale"] == "relative"
     assert "ranking.json" in logged["artifacts"]
+
+
+class _AllForeground(torch.nn.Module):
+    """A black-box model that predicts foreground everywhere, whatever the input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x[:, :1], 5.0)
 
 
 @pytest.mark.parametrize(
@@ -158,7 +177,8 @@ def test_rank_logs_to_the_tracker(
     [
         (["--method", "cte-e"], "Did you mean 'cte-ei'"),
         (["--method", "source-dice"], "--source"),
-        (["--perturbation", "blur"], "unknown perturbation"),
+        (["--method", "cte-ei", "--perturbation", "blur"], "unknown perturbation"),
+        (["--method", "cte-ars"], "--instances"),
         (["--images", "/nonexistent/folder"], "no such folder"),
         (["--checkpoints", "/nonexistent/m.ckpt"], "does not exist"),
         (["--checkpoints", "ONNX"], "onnxruntime"),
@@ -188,6 +208,88 @@ def test_rank_user_errors_exit_2(
     assert message in error
     assert len(error.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "ranking.json").exists()
+
+
+def _rank(setup: dict[str, Path], out: Path, *extra: str, models: tuple[str, ...]) -> int:
+    """``alframe rank`` on the fixture's target images, untracked and quiet."""
+    args = ["rank", "-c", *(str(setup[m]) for m in models), "-i", str(setup["data"] / "target")]
+    args += ["--out", str(out), "--no-track", "--no-progress", "--batch-size", "4"]
+    return main([*args, *extra])
+
+
+def test_rank_help_lists_every_ranker(capsys: pytest.CaptureFixture[str]) -> None:
+    from alframe.ranking import DEFAULT_RANKER, RANKERS
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["rank", "--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    epilog = printed[printed.index("rankers (--method NAME):") :]
+    for name in RANKERS.names():
+        summary = (RANKERS.get(name).__doc__ or "").strip().splitlines()[0].rstrip(".")
+        line = next(line for line in epilog.splitlines() if line.split()[:1] == [name])
+        assert summary in line, name
+    default_line = next(line for line in epilog.splitlines() if line.split()[:1] == ["consensus"])
+    assert DEFAULT_RANKER == "consensus" and "[default" in default_line
+    assert "--instances" in next(line for line in epilog.splitlines() if "cte-ars" in line)
+
+
+def test_rank_default_is_consensus_with_black_box_components(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One candidate is TorchScript (black-box): consensus falls back to cte-ei[gauss] + im.
+    code = _rank(setup, tmp_path / "o", models=("ckpt0", "ckpt1", "script"))
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "sorted by consensus" in printed
+    payload = json.loads((tmp_path / "o" / "ranking.json").read_text())
+    assert set(payload["rankers"]) == {"consensus", "cte-ei[gauss]", "im"}
+    assert payload["primary"] == "consensus"
+    assert sorted(payload["order"]) == ["model0", "model1", "scripted"]
+    assert [r["model"] for r in payload["rankers"]["consensus"]["ranking"]] == payload["order"]
+    assert set(payload["profiles"]) == {"model0", "model1", "scripted"}
+    assert "degenerate" in payload
+    header = (tmp_path / "o" / "ranking.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["model", "consensus", "consensus:rank", "cte-ei[gauss]"]
+    assert {"im", "degenerate", "foreground_fraction", "input_dependence"} <= set(header)
+    # Grey-box candidates only: the grey-box components (feature dropout).
+    assert _rank(setup, tmp_path / "g", models=("ckpt0", "ckpt1")) == 0
+    payload = json.loads((tmp_path / "g" / "ranking.json").read_text())
+    assert set(payload["rankers"]) == {"consensus", "cte-ei[dropout]", "im"}
+
+
+def test_rank_all_puts_consensus_first_and_cte_ars_only_with_instances(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alframe.ranking import RANKERS
+
+    assert _rank(setup, tmp_path / "a", "-m", "all", models=("ckpt0", "script")) == 0
+    printed = capsys.readouterr().out
+    assert "sorted by consensus" in printed
+    payload = json.loads((tmp_path / "a" / "ranking.json").read_text())
+    assert payload["primary"] == "consensus"
+    assert not any(r.startswith("cte-ars") for r in payload["rankers"])
+    header = (tmp_path / "a" / "ranking.csv").read_text().splitlines()[0]
+    assert "cte-ars" not in header and "source-dice" not in header
+    expected = {n for n in RANKERS.names() if n not in ("cte-ars", "source-dice")}
+    assert {r.split("[")[0] for r in payload["rankers"]} == expected
+    assert _rank(setup, tmp_path / "i", "-m", "all", "--instances", models=("ckpt0",)) == 0
+    payload = json.loads((tmp_path / "i" / "ranking.json").read_text())
+    assert "cte-ars[gauss]" in payload["rankers"] and payload["primary"] == "consensus"
+
+
+def test_rank_absolute_strength_is_labelled(setup: dict[str, Path], tmp_path: Path) -> None:
+    args = ["-m", "cte-ei", "--absolute-strength", "--strength", "0.1", "0.2"]
+    assert _rank(setup, tmp_path / "o", *args, models=("ckpt0",)) == 0
+    payload = json.loads((tmp_path / "o" / "ranking.json").read_text())
+    info = payload["rankers"]["cte-ei[gauss-abs]"]["info"]
+    assert (info["scale"], info["low"], info["high"]) == ("absolute", 0.1, 0.2)
+
+
+def test_unknown_perturbation_is_an_error_with_the_default_method(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    assert _rank(setup, tmp_path / "o", "--perturbation", "blur", models=("ckpt0",)) == 2
 
 
 def test_adapt_cli_writes_rankable_zoo(

@@ -12,6 +12,28 @@ __all__ = ["add_commands", "cmd_adapt", "cmd_rank"]
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
+INSTANCE_RANKERS = ("cte-ars",)
+"""Rankers that compare instance label maps: used only with --instances."""
+
+
+def ranker_list() -> str:
+    """One line per registered ranker: its name and the first line of its docstring."""
+    from alframe.ranking import DEFAULT_RANKER, RANKERS
+
+    lines = []
+    for name in RANKERS.names():
+        doc = (RANKERS.get(name).__doc__ or "").strip().splitlines()
+        summary = doc[0].rstrip(".") if doc else ""
+        tags = []
+        if name == DEFAULT_RANKER:
+            tags.append("default")
+        if name in INSTANCE_RANKERS:
+            tags.append("instance label maps, with --instances")
+        suffix = f" [{'; '.join(tags)}]" if tags else ""
+        lines.append(f"  {name:<15} {summary}{suffix}")
+    return "\n".join(lines)
+
+
 def add_commands(sub: Any) -> None:
     """Add the ``rank`` and ``adapt`` sub-commands to the CLI's sub-parser group."""
     rank = sub.add_parser(
@@ -20,9 +42,13 @@ def add_commands(sub: Any) -> None:
         description=(
             "Rank candidate models on a target set without its labels. A path is an alframe "
             "checkpoint (.ckpt, grey-box) or a TorchScript (.pt) / ONNX (.onnx) file that maps "
-            "an image batch to logits (black-box). With --labels, also reports the true Dice "
-            "per model and Pearson / Spearman / Kendall correlations of every score with it."
+            "an image batch to logits (black-box). Models whose predictions are degenerate "
+            "(all foreground, all background, or the same mask for every image) are flagged "
+            "and ranked last. With --labels, also reports the true Dice per model and "
+            "Pearson / Spearman / Kendall correlations of every score with it."
         ),
+        epilog="rankers (--method NAME):\n" + ranker_list(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rank.add_argument("--checkpoints", "-c", nargs="+", required=True, metavar="PATH")
     rank.add_argument("--images", "-i", required=True, help="folder of target images (or images/)")
@@ -32,15 +58,36 @@ def add_commands(sub: Any) -> None:
         "-m",
         action="append",
         default=None,
-        help="ranker name (repeatable) or 'all'; default cte-ei. See the ranker list in --help",
+        help="ranker name (repeatable; the first sorts the table) or 'all'; default consensus. "
+        "The rankers are listed below",
     )
     rank.add_argument(
         "--perturbation",
         "-p",
         default="gauss",
-        help="CTE perturbation: gauss, brightness, contrast, gamma, dropout, dropout-all",
+        help="perturbation of the cte-* rankers: gauss, brightness, contrast, gamma, dropout, "
+        "dropout-all (default gauss)",
     )
-    rank.add_argument("--strength", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None)
+    rank.add_argument(
+        "--strength",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="input-perturbation strength range (relative: fractions of each image's spread)",
+    )
+    rank.add_argument(
+        "--absolute-strength",
+        action="store_true",
+        help="read --strength as raw values on the normalised input (the CTE paper's form) "
+        "instead of fractions of each image's spread",
+    )
+    rank.add_argument(
+        "--instances",
+        action="store_true",
+        help="the models' outputs are read as instances (connected components): adds cte-ars "
+        "to --method all and validates --labels (instance label maps) with mAP@0.5:0.95",
+    )
     rank.add_argument("--dropout-p", type=float, default=None, help="channel-dropout proportion")
     rank.add_argument("--seed", type=int, default=42, help="perturbation seed (default 42)")
     rank.add_argument("--source", help="labelled source folder (images/ + masks/) for source-dice")
@@ -72,20 +119,30 @@ def add_commands(sub: Any) -> None:
     adapt.set_defaults(handler=cmd_adapt)
 
 
-def _method_names(requested: list[str] | None, has_source: bool) -> list[str]:
+def _method_names(requested: list[str] | None, has_source: bool, instances: bool) -> list[str]:
     from alframe.errors import ConfigError
-    from alframe.ranking import RANKERS
+    from alframe.ranking import DEFAULT_RANKER, RANKERS
 
-    names = requested or ["cte-ei"]
+    names = requested or [DEFAULT_RANKER]
     if "all" in names:
-        chosen = [n for n in RANKERS.names() if n != "source-dice" or has_source]
-        return chosen
+        # The default ranker first: it sorts the table.
+        chosen = [DEFAULT_RANKER] + [n for n in RANKERS.names() if n != DEFAULT_RANKER]
+        return [
+            n
+            for n in chosen
+            if (n != "source-dice" or has_source) and (n not in INSTANCE_RANKERS or instances)
+        ]
     for name in names:
         RANKERS.get(name)  # unknown names: ConfigError with close matches
     if "source-dice" in names and not has_source:
         raise ConfigError("--method source-dice needs --source DIR (labelled source images)")
     if len(set(names)) != len(names):
         raise ConfigError(f"--method lists a ranker twice: {names}")
+    if not instances and any(n in INSTANCE_RANKERS for n in names):
+        raise ConfigError(
+            "cte-ars compares instance label maps: add --instances (and instance label maps "
+            "as --labels) or choose a semantic ranker such as consensus or cte-ei"
+        )
     return names
 
 
@@ -104,9 +161,12 @@ def _build_rankers(args: argparse.Namespace, names: list[str], source: Any) -> l
                     low=low,
                     high=high,
                     p=args.dropout_p,
+                    scale="absolute" if args.absolute_strength else "relative",
                     seed=args.seed,
                 )
             )
+        elif name == "consensus":
+            rankers.append(create_ranker(name, seed=args.seed))
         elif name == "source-dice":
             rankers.append(create_ranker(name, source=source))
         else:
@@ -122,7 +182,20 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    names = _method_names(args.method, args.source is not None)
+    names = _method_names(args.method, args.source is not None, args.instances)
+    from alframe.ranking import make_perturbation
+
+    low, high = args.strength if args.strength else (None, None)
+    scale = "absolute" if args.absolute_strength else "relative"
+    make_perturbation(args.perturbation, low, high, args.dropout_p, scale)  # refuse bad values
+    customised = (
+        args.perturbation != "gauss" or args.strength or args.dropout_p is not None
+    ) or args.absolute_strength
+    if customised and not any(n.startswith("cte-") for n in names):
+        print(
+            "note: --perturbation / --strength / --dropout-p set the cte-* rankers only; "
+            f"{', '.join(names)} keep their own settings (add e.g. --method cte-ei)"
+        )
     from alframe.cli.commands import quiet_lightning
     from alframe.parallel import resolve_devices
     from alframe.ranking import (
@@ -160,10 +233,15 @@ def cmd_rank(args: argparse.Namespace) -> int:
     for ranker, model, reason in report.skipped:
         print(f"skipped {ranker} for {model}: {reason}")
     if args.labels:
-        validate(report, predictors, images, batch_size=args.batch_size, devices=devices)
+        truth = "map" if args.instances else "dice"
+        validate(
+            report, predictors, images, batch_size=args.batch_size, truth=truth, devices=devices
+        )
     print(report.format())
     if report.correlations:
-        print("\ncorrelation with true Dice (scores oriented so that higher = better):")
+        measure = "mAP@0.5:0.95" if args.instances else "true Dice"
+        print(f"\ncorrelation with {measure} (scores oriented so that higher = better; rank")
+        print("correlations follow the printed order, degenerate models last):")
         print(report.format_correlations())
     files = write_report(report, args.out)
     print(f"\nwritten: {', '.join(str(p) for p in files.values())}")
@@ -188,6 +266,8 @@ def _track(report: Any, args: argparse.Namespace, files: dict[str, Path]) -> Non
                 "labels": str(args.labels or ""),
                 "methods": ",".join(report.rankers),
                 "perturbation": args.perturbation,
+                "perturbation_scale": "absolute" if args.absolute_strength else "relative",
+                "primary_ranker": report.primary or "",
                 "seed": args.seed,
                 "n_models": len(report.models),
                 "checkpoints": ",".join(str(c) for c in args.checkpoints)[:500],
@@ -202,7 +282,17 @@ def _track(report: Any, args: argparse.Namespace, files: dict[str, Path]) -> Non
         for ranker, values in report.correlations.items():
             for method, correlation in values.items():
                 metrics[_metric(f"{ranker}/{method}")] = correlation.statistic
+        for model in report.models:
+            metrics[_metric(f"degenerate/{model}")] = float(model in report.degenerate)
         tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v == v})
+        if report.degenerate:
+            tracker.set_tags(
+                run_id,
+                {
+                    _metric(f"degenerate.{m}")[:250]: why[:500]
+                    for m, why in report.degenerate.items()
+                },
+            )
         for path in files.values():
             tracker.log_artifact(run_id, path)
     print(f"MLflow: {tracker.ui_command()}")

@@ -21,9 +21,10 @@ import numpy as np
 
 from alframe._atomic import atomic_write_text
 from alframe.errors import ConfigError
+from alframe.ranking.guard import DegenerateGuard, PredictionProfile, ProfileAccumulator
 from alframe.ranking.images import TargetImages
 from alframe.ranking.predictors import Predictor
-from alframe.ranking.rankers import Ranker, RankerResult
+from alframe.ranking.rankers import ConsensusRanker, Ranker, RankerResult
 from alframe.ranking.validation import (
     Correlation,
     correlate,
@@ -53,6 +54,12 @@ class RankingReport:
         dice: model → mean true Dice (after :func:`validate`).
         per_image_dice: model → (N,) true Dice.
         correlations: ranker → {"pearson", "spearman", "kendall"} (after :func:`validate`).
+            Spearman and Kendall compare the true performance with the order the report gives
+            (degenerate models below the others); Pearson uses the raw scores.
+        profiles: model → its clean-prediction profile (when the guard ran).
+        degenerate: model → why the guard flagged it; flagged models are ranked below every
+            unflagged one by every ranker.
+        primary: the ranker the printed table is sorted by (the first requested one).
     """
 
     models: list[str]
@@ -63,43 +70,71 @@ class RankingReport:
     dice: dict[str, float] = field(default_factory=dict)
     per_image_dice: dict[str, np.ndarray] = field(default_factory=dict)
     correlations: dict[str, dict[str, Correlation]] = field(default_factory=dict)
+    profiles: dict[str, PredictionProfile] = field(default_factory=dict)
+    degenerate: dict[str, str] = field(default_factory=dict)
+    primary: str | None = None
 
     def scores(self, ranker: str) -> dict[str, float]:
         """model → dataset score of one ranker (scored models only)."""
         return {m: r.dataset_score for m, r in self.results.get(ranker, {}).items()}
 
     def ranked(self, ranker: str) -> list[tuple[str, float]]:
-        """``(model, score)`` best first; NaN scores last."""
+        """``(model, score)`` best first: unflagged models by score, then the models the
+        degenerate-model guard flagged (by score), then models without a score."""
         items = list(self.results.get(ranker, {}).values())
         items.sort(
             key=lambda r: (
                 not math.isfinite(r.dataset_score),
+                r.model in self.degenerate,
                 -r.goodness if math.isfinite(r.goodness) else 0.0,
             )
         )
         return [(r.model, r.dataset_score) for r in items]
 
+    def order(self, ranker: str | None = None) -> list[str]:
+        """Every model, best first by ``ranker`` (default: the primary one); models the ranker
+        could not score (e.g. black-box models for a grey-box ranker) come last."""
+        ranker = ranker or self.primary or (self.rankers[0] if self.rankers else "")
+        order = [m for m, _ in self.ranked(ranker)]
+        return order + [m for m in self.models if m not in order]
+
+    def unscored(self, ranker: str) -> dict[str, str]:
+        """model → why ``ranker`` gave it no score (never silent)."""
+        reasons = {m: why for r, m, why in self.skipped if r == ranker}
+        for model, result in self.results.get(ranker, {}).items():
+            if not math.isfinite(result.dataset_score):
+                reasons[model] = "no foreground in any clean or perturbed prediction"
+        return reasons
+
     def table(self) -> list[dict[str, Any]]:
-        """One row per model: every ranker's score and rank (1 = best), and the true Dice."""
-        rows: dict[str, dict[str, Any]] = {m: {"model": m} for m in self.models}
+        """One row per model, in the primary ranker's order: every ranker's score and rank
+        (1 = best), the guard's verdict and profile, and the true Dice when known."""
+        rows: dict[str, dict[str, Any]] = {m: {"model": m} for m in self.order()}
         for ranker in self.rankers:
             for position, (model, score) in enumerate(self.ranked(ranker), start=1):
                 rows[model][ranker] = score
                 rows[model][f"{ranker}:rank"] = position if math.isfinite(score) else None
+        for model, row in rows.items():
+            row["degenerate"] = self.degenerate.get(model, "")
+            profile = self.profiles.get(model)
+            if profile is not None:
+                row["foreground_fraction"] = profile.foreground_fraction
+                row["input_dependence"] = profile.input_dependence
         for model, value in self.dice.items():
             rows[model]["true_dice"] = value
         return list(rows.values())
 
     def format(self, primary: str | None = None) -> str:
-        """A plain-text table sorted by ``primary`` (default: the first ranker), best first."""
+        """A plain-text table sorted by ``primary`` (default: :attr:`primary`, else the first
+        ranker), best first; degenerate models are marked ``!`` with their reason below."""
         if not self.rankers:
             return "(no rankers)"
-        primary = primary or self.rankers[0]
-        order = [m for m, _ in self.ranked(primary)]
-        order += [m for m in self.models if m not in order]
-        columns = list(self.rankers) + (["true_dice"] if self.dice else [])
+        primary = primary or self.primary or self.rankers[0]
+        order = self.order(primary)
+        columns = [primary] + [r for r in self.rankers if r != primary]
+        columns += ["true_dice"] if self.dice else []
         width = max([len(m) for m in self.models] + [5])
-        header = f"{'rank':>4}  {'model':<{width}}  " + "  ".join(f"{c:>14}" for c in columns)
+        header = f"{'rank':>4}  {'model':<{width}}  " + "  ".join(f"{c:>16}" for c in columns)
         lines = [f"sorted by {primary} (best first)", header, "-" * len(header)]
         for position, model in enumerate(order, start=1):
             cells = []
@@ -109,8 +144,17 @@ class RankingReport:
                 else:
                     result = self.results.get(column, {}).get(model)
                     value = result.dataset_score if result is not None else math.nan
-                cells.append(f"{value:>14.4f}" if math.isfinite(value) else f"{'-':>14}")
-            lines.append(f"{position:>4}  {model:<{width}}  " + "  ".join(cells))
+                cells.append(f"{value:>16.4f}" if math.isfinite(value) else f"{'-':>16}")
+            mark = "!" if model in self.degenerate else " "
+            lines.append(f"{position:>3}{mark}  {model:<{width}}  " + "  ".join(cells))
+        if self.degenerate:
+            lines.append("")
+            lines.append("! degenerate (ranked below every other model by every ranker):")
+            lines.extend(f"  {m}: {why}" for m, why in self.degenerate.items())
+        for ranker in self.rankers:
+            for model, why in self.unscored(ranker).items():
+                if model not in self.degenerate:
+                    lines.append(f"not scored by {ranker}: {model} ({why})")
         return "\n".join(lines)
 
     def format_correlations(self) -> str:
@@ -149,20 +193,28 @@ def rank_models(
     progress: bool = True,
     time_inference: bool = False,
     devices: DeviceSpec | None = None,
+    guard: DegenerateGuard | None = None,
 ) -> RankingReport:
-    """Score every model with every ranker.
+    """Score every model with every ranker, after the degenerate-model guard.
+
+    A rank aggregate (:class:`~alframe.ranking.ConsensusRanker`) is computed from its
+    components, which are scored like any other ranker (once, also when they were requested on
+    their own) and appear as columns of the report.
 
     Args:
         predictors: the candidates (names must be unique).
         images: target images (N).
-        rankers: the rankers; a grey-box ranker skips black-box models (listed in ``skipped``).
+        rankers: the rankers; the first is the primary one (the table is sorted by it); a
+            grey-box ranker skips black-box models (listed in ``skipped``).
         batch_size: images per forward pass.
         progress: show a progress bar per model.
-        time_inference: also time one plain inference pass per model (for cost ratios).
+        time_inference: also time the plain inference pass per model (for cost ratios).
         devices: where to run each model while it is scored (``"auto"``: every visible GPU,
             else the CPU; a device; a list; see :meth:`Predictor.place`), one model at a time,
             so a large zoo never has to fit on the GPUs at once; each model goes back to the
             CPU afterwards. ``None``: leave the models where they are.
+        guard: the degenerate-model thresholds (default :class:`DegenerateGuard`); its
+            profile costs one plain inference pass per model.
 
     Returns:
         The report.
@@ -179,27 +231,62 @@ def rank_models(
         raise ConfigError(f"the same ranker is listed twice: {labels}")
     if len(images) == 0:
         raise ConfigError("no target images to rank on")
-    report = RankingReport(models=names, rankers=labels)
+    guard = guard or DegenerateGuard()
+    # Rank aggregates are computed from their components: score every distinct base ranker once
+    # (keyed by its label; a component whose label is taken by a differently set ranker gets
+    # its own key, so the aggregate never silently uses someone else's settings).
+    components: dict[str, list[str]] = {}
+    base: dict[str, Ranker] = {r.describe(): r for r in rankers if not r.zoo_level}
+    for ranker in rankers:
+        if isinstance(ranker, ConsensusRanker):
+            keys = []
+            for part in ranker.components_for(list(predictors)):
+                key = part.describe()
+                if key in base and not _same_settings(base[key], part):
+                    key = f"{ranker.describe()}:{key}"
+                base.setdefault(key, part)
+                keys.append(key)
+            components[ranker.describe()] = keys
+    columns = labels + [key for key in base if key not in labels]
+    report = RankingReport(models=names, rankers=columns, primary=labels[0] if labels else None)
     for predictor in predictors:
-        usable = [r for r in rankers if r.supports(predictor)]
-        for ranker in rankers:
-            if ranker not in usable:
+        usable = {key: r for key, r in base.items() if r.supports(predictor)}
+        for key in base:
+            if key not in usable:
                 report.skipped.append(
-                    (ranker.describe(), predictor.name, "needs grey-box access (black-box model)")
+                    (key, predictor.name, "needs grey-box access (black-box model)")
                 )
-        total = len(images) * (len(usable) + int(time_inference))
+        total = len(images) * (len(usable) + 1)
         bar = _progress_bar(total, predictor.name, progress)
         with placed_on(predictor, devices), closing(bar):
+            accumulator = ProfileAccumulator()
+            started = time.perf_counter()
+            for _, batch in images.batches(batch_size):
+                accumulator.add(predictor.predict_proba(batch))
+                bar.update(batch.shape[0])
             if time_inference:
-                started = time.perf_counter()
-                for _, batch in images.batches(batch_size):
-                    predictor.predict_proba(batch)
-                    bar.update(batch.shape[0])
                 report.inference_seconds[predictor.name] = time.perf_counter() - started
-            for ranker in usable:
+            report.profiles[predictor.name] = accumulator.profile()
+            reason = guard.check(report.profiles[predictor.name])
+            if reason is not None:
+                report.degenerate[predictor.name] = reason
+            for key, ranker in usable.items():
                 result = ranker.score(predictor, images, batch_size, progress=bar.update)
-                report.results.setdefault(ranker.describe(), {})[predictor.name] = result
+                report.results.setdefault(key, {})[predictor.name] = result
+    for ranker in rankers:
+        if isinstance(ranker, ConsensusRanker):
+            scored = [report.results.get(key, {}) for key in components[ranker.describe()]]
+            report.results[ranker.describe()] = ranker.combine(scored, len(images))
     return report
+
+
+def _same_settings(first: Ranker, second: Ranker) -> bool:
+    """Whether two rankers would give the same scores (same class and plain settings)."""
+
+    def settings(ranker: Ranker) -> list[tuple[str, str]]:
+        return sorted((k, repr(v)) for k, v in vars(ranker).items() if not callable(v))
+
+    return type(first) is type(second) and settings(first) == settings(second)
 
 
 def validate(
@@ -245,9 +332,17 @@ def validate(
         models = [m for m, r in results.items() if math.isfinite(r.goodness) and m in report.dice]
         if len(models) < 3:
             continue
-        x = [results[m].goodness for m in models]
         y = [report.dice[m] for m in models]
-        report.correlations[ranker] = correlate(x, y, n_resamples=n_resamples, seed=seed)
+        # Rank correlations judge the order the report gives (degenerate models last); Pearson
+        # can only use the raw scores.
+        position = {m: i for i, (m, _) in enumerate(report.ranked(ranker))}
+        placed = correlate([-position[m] for m in models], y, n_resamples=n_resamples, seed=seed)
+        raw = correlate([results[m].goodness for m in models], y, n_resamples, seed)
+        report.correlations[ranker] = {
+            "pearson": raw["pearson"],
+            "spearman": placed["spearman"],
+            "kendall": placed["kendall"],
+        }
     return report
 
 
@@ -267,8 +362,8 @@ def write_report(report: RankingReport, out_dir: str | os.PathLike[str]) -> dict
     files["ranking.csv"] = out / "ranking.csv"
     table.to_csv(files["ranking.csv"], index=False)
     per_image_rows = []
-    for ranker, by_model in report.results.items():
-        for model, result in by_model.items():
+    for ranker in report.rankers:
+        for model, result in report.results.get(ranker, {}).items():
             for index, value in enumerate(result.per_image):
                 per_image_rows.append(
                     {"ranker": ranker, "model": model, "image": index, "score": value}
@@ -285,8 +380,19 @@ def write_report(report: RankingReport, out_dir: str | os.PathLike[str]) -> dict
                 "seconds": {m: r.seconds for m, r in by_model.items()},
                 "n_scored": {m: r.n_scored for m, r in by_model.items()},
             }
-            for ranker, by_model in report.results.items()
-            if by_model
+            for ranker in report.rankers
+            if (by_model := report.results.get(ranker))
+        },
+        "primary": report.primary,
+        "order": report.order() if report.rankers else [],
+        "degenerate": report.degenerate,
+        "profiles": {
+            m: {
+                "foreground_fraction": _finite(p.foreground_fraction),
+                "images_with_foreground": _finite(p.images_with_foreground),
+                "input_dependence": _finite(p.input_dependence),
+            }
+            for m, p in report.profiles.items()
         },
         "skipped": [list(s) for s in report.skipped],
         "inference_seconds": report.inference_seconds,

@@ -39,8 +39,10 @@ from alframe.ranking.predictors import Predictor
 from alframe.registry import Registry
 
 __all__ = [
+    "DEFAULT_RANKER",
     "RANKERS",
     "CTERanker",
+    "ConsensusRanker",
     "EntropyRanker",
     "InformationMaximisationRanker",
     "Ranker",
@@ -48,6 +50,7 @@ __all__ = [
     "SourceDiceRanker",
     "TransferScoreRanker",
     "create_ranker",
+    "normalised_ranks",
 ]
 
 RANKERS: Registry[type[Ranker]] = Registry("rankers")
@@ -98,6 +101,9 @@ class Ranker(ABC):
     name: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
     forward_passes: ClassVar[int] = 1
+    zoo_level: ClassVar[bool] = False
+    """True for rankers that score a model relative to the other candidates (rank aggregates):
+    :func:`~alframe.ranking.rank_models` scores them from their components' results."""
 
     @property
     def requires(self) -> frozenset[str]:
@@ -217,6 +223,8 @@ class CTERanker(Ranker):
         low: lower strength of an input perturbation (default from the spec).
         high: upper strength of an input perturbation.
         p: channel-dropout proportion.
+        scale: ``"relative"`` (default: input-noise strengths are fractions of each image's
+            robust spread) or ``"absolute"`` (the spec's raw strengths on normalised input).
         seed: seed of the perturbation generator, created afresh for every model so that all
             models see the same perturbations.
         threshold: foreground threshold t.
@@ -235,6 +243,7 @@ class CTERanker(Ranker):
         low: float | None = None,
         high: float | None = None,
         p: float | None = None,
+        scale: str = "relative",
         seed: int = 42,
         threshold: float = 0.5,
         postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -242,7 +251,7 @@ class CTERanker(Ranker):
         self.score_kind = score or self.default_score
         if self.score_kind not in ("ei", "nhd", "ars"):
             raise ConfigError(f"CTE score {self.score_kind!r}: expected ei, nhd or ars")
-        self.perturbation = make_perturbation(perturbation, low=low, high=high, p=p)
+        self.perturbation = make_perturbation(perturbation, low=low, high=high, p=p, scale=scale)
         self.seed = int(seed)
         if not 0.0 < threshold < 1.0:
             raise ConfigError(f"CTE threshold must be in (0, 1), got {threshold}")
@@ -260,10 +269,18 @@ class CTERanker(Ranker):
         )
 
     def describe(self) -> str:
-        return f"cte-{self.score_kind}[{self.perturbation.kind}]"
+        perturbation = self.perturbation
+        absolute = isinstance(perturbation, InputPerturbation) and perturbation.scale == "absolute"
+        return f"cte-{self.score_kind}[{perturbation.kind}{'-abs' if absolute else ''}]"
 
     def _start(self, predictor: Predictor) -> dict[str, Any]:
-        return {"rng": np.random.default_rng(self.seed)}
+        return {"rng": np.random.default_rng(self.seed), "weights": []}
+
+    def _dataset_score(self, per_image: np.ndarray, state: dict[str, Any]) -> float:
+        # One rule for every model (scores module docstring): the |M|-weighted mean over all
+        # images, so an image both predictions leave empty weighs 0 for every model alike.
+        weights = np.concatenate(state["weights"]) if state["weights"] else np.zeros(0)
+        return scores.weighted_mean(per_image, weights)
 
     def _perturbed(
         self, predictor: Predictor, batch: np.ndarray, rng: np.random.Generator
@@ -279,21 +296,30 @@ class CTERanker(Ranker):
         clean = predictor.predict_proba(batch)
         perturbed = self._perturbed(predictor, batch, state["rng"])
         out = np.empty(batch.shape[0], dtype=np.float64)
+        weights = np.empty(batch.shape[0], dtype=np.float64)
         for i in range(batch.shape[0]):
+            if self.score_kind == "ars":
+                labels_clean = self.postprocess(clean[i])
+                labels_pert = self.postprocess(perturbed[i])
+                out[i] = scores.adapted_rand_score(labels_clean, labels_pert)
+                weights[i] = scores.ars_mask_size(labels_clean, labels_pert)
+                continue
             if self.score_kind == "ei":
                 out[i] = scores.effective_invariance(clean[i], perturbed[i], self.threshold)
-            elif self.score_kind == "nhd":
-                out[i] = scores.nhd_score(clean[i], perturbed[i], self.threshold)
             else:
-                out[i] = scores.adapted_rand_score(
-                    self.postprocess(clean[i]), self.postprocess(perturbed[i])
-                )
+                out[i] = scores.nhd_score(clean[i], perturbed[i], self.threshold)
+            weights[i] = scores.evaluation_mask_size(clean[i], perturbed[i], self.threshold)
+        state["weights"].append(weights)
         return out
 
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"perturbation": self.perturbation.kind, "seed": self.seed}
         if isinstance(self.perturbation, InputPerturbation):
-            info.update(low=self.perturbation.low, high=self.perturbation.high)
+            info.update(
+                low=self.perturbation.low,
+                high=self.perturbation.high,
+                scale=self.perturbation.scale,
+            )
         else:
             info.update(p=self.perturbation.p, where=self.perturbation.where)
         return info
@@ -509,3 +535,146 @@ class SourceDiceRanker(Ranker):
                 for p, t in zip(proba, labels, strict=True)
             ]
         )
+
+
+# ------------------------------------------------------------------------- rank aggregate
+
+
+def normalised_ranks(goodness: dict[str, float]) -> dict[str, float]:
+    """Each model's place among the others, scaled to [0, 1] (1 = best, 0 = worst).
+
+    Ties share their average place; a model without a finite score is placed last (0).
+
+    Args:
+        goodness: model → score oriented so that higher is better (NaN allowed).
+    """
+    from scipy.stats import rankdata
+
+    names = list(goodness)
+    if len(names) == 1:
+        return {names[0]: 1.0 if math.isfinite(goodness[names[0]]) else 0.0}
+    values = np.array([goodness[m] for m in names], dtype=np.float64)
+    finite = np.isfinite(values)
+    filled = np.where(finite, values, -np.inf)
+    places = np.asarray(rankdata(filled), dtype=np.float64)  # 1 = worst
+    scaled = (places - 1.0) / (len(names) - 1)
+    scaled[~finite] = 0.0
+    return dict(zip(names, scaled.tolist(), strict=True))
+
+
+@RANKERS.register("consensus")
+class ConsensusRanker(Ranker):
+    """Mean normalised rank of CTE-EI under feature dropout and IM over the candidates.
+
+    Each component ranks the candidate set; a model's consensus score is the mean over the
+    components of its place scaled to [0, 1] (1 = first on every component). Rank aggregation
+    needs no common scale, so components whose raw scores live on different ranges (an
+    invariance in [0, 1], a mutual information in nats) weigh the same. It scores a model only
+    relative to the other candidates, so it runs through :func:`~alframe.ranking.rank_models`
+    (``alframe rank``), not on one model alone. When some candidate is black-box, the grey-box
+    components give way to ``black_box_components`` for the whole set, so every model is ranked
+    by the same components.
+
+    Args:
+        components: the rankers to aggregate (default: cte-ei with bottleneck channel dropout,
+            and im).
+        black_box_components: used instead when a candidate is black-box (default: cte-ei with
+            relative gauss noise, and im).
+        seed: perturbation seed of the default CTE components.
+    """
+
+    name = "consensus"
+    higher_is_better = True
+    zoo_level = True
+
+    def __init__(
+        self,
+        components: list[Ranker] | None = None,
+        black_box_components: list[Ranker] | None = None,
+        seed: int = 42,
+    ) -> None:
+        self.components = components or [
+            create_ranker("cte-ei", perturbation="dropout", seed=seed),
+            create_ranker("im"),
+        ]
+        self.black_box_components = black_box_components or [
+            create_ranker("cte-ei", perturbation="gauss", seed=seed),
+            create_ranker("im"),
+        ]
+        for ranker in [*self.components, *self.black_box_components]:
+            if ranker.zoo_level:
+                raise ConfigError("consensus: a component cannot itself be a rank aggregate")
+        if not self.components or not self.black_box_components:
+            raise ConfigError("consensus needs at least one component ranker")
+        self.forward_passes = max(  # type: ignore[misc]
+            sum(r.forward_passes for r in self.components),
+            sum(r.forward_passes for r in self.black_box_components),
+        )
+
+    def describe(self) -> str:
+        return "consensus"
+
+    def components_for(self, predictors: list[Predictor]) -> list[Ranker]:
+        """The components that can score every candidate (grey-box ones when all allow it)."""
+        if all(r.supports(p) for r in self.components for p in predictors):
+            return list(self.components)
+        if all(r.supports(p) for r in self.black_box_components for p in predictors):
+            return list(self.black_box_components)
+        raise ModelError(
+            "consensus: no set of components can score every candidate; pass rankers that "
+            "need only model outputs as black_box_components"
+        )
+
+    def score(
+        self,
+        predictor: Predictor,
+        images: TargetImages,
+        batch_size: int = 16,
+        progress: ProgressHook | None = None,
+    ) -> RankerResult:
+        raise ConfigError(
+            "consensus ranks a set of candidates against each other: use rank_models (or "
+            "alframe rank) with all the candidates, not one model at a time"
+        )
+
+    def _score_batch(
+        self, predictor: Predictor, batch: np.ndarray, state: dict[str, Any]
+    ) -> np.ndarray:  # pragma: no cover - score() never reaches it
+        raise ConfigError("consensus has no per-batch score")
+
+    def combine(
+        self, component_results: list[dict[str, RankerResult]], n_images: int
+    ) -> dict[str, RankerResult]:
+        """Consensus results from the components' results over the same candidates.
+
+        Args:
+            component_results: one ``model → result`` mapping per component.
+            n_images: number of target images (the per-image array is NaN: the consensus is a
+                property of the candidate set, not of single images).
+
+        Returns:
+            model → result with the consensus score and each component's place in ``info``.
+        """
+        models = list(component_results[0]) if component_results else []
+        places = [normalised_ranks({m: by[m].goodness for m in models}) for by in component_results]
+        out: dict[str, RankerResult] = {}
+        for model in models:
+            parts = {
+                by[model].ranker: place[model]
+                for by, place in zip(component_results, places, strict=True)
+            }
+            out[model] = RankerResult(
+                ranker=self.describe(),
+                model=model,
+                per_image=np.full(n_images, math.nan),
+                dataset_score=float(np.mean(list(parts.values()))),
+                higher_is_better=True,
+                forward_passes=sum(by[model].forward_passes for by in component_results),
+                seconds=sum(by[model].seconds for by in component_results),
+                info={"places": parts},
+            )
+        return out
+
+
+DEFAULT_RANKER = "consensus"
+"""The ranker ``alframe rank`` uses when none is named (see docs/benchmarks/ranking_suite.md)."""

@@ -3,7 +3,16 @@
 Notation (docs methods/cte.md): ``p_u`` and ``p_a`` are the clean and perturbed class
 probabilities of one image, ``b = p > t`` the binary foreground, and ``M = b_u ∨ b_a`` the
 evaluation mask (pixels that are background in both predictions are ignored). An image with
-``|M| = 0`` is **skipped** (NaN), never scored as perfect.
+``|M| = 0`` gets no per-image score (NaN), never a perfect one.
+
+**Dataset score (one rule for every model):** the mean of the per-image scores weighted by
+``|M|`` (:func:`evaluation_mask_size`), over *all* target images. An image whose clean and
+perturbed predictions are both empty has weight 0: it neither helps nor hurts, for every model
+alike, so all models are scored on the same images and pixels carry equal weight (for binary NHD
+and EI this is exactly the score of all masked pixels pooled over the data set; with several
+classes an image's score is its mean over classes and its weight the |M| summed over classes). A model with no
+foreground anywhere has no score (NaN) and is flagged by the degenerate-model guard
+(:mod:`alframe.ranking.guard`) instead of dropping out of the ranking.
 
 Multi-class probabilities are scored one-vs-rest for every foreground class ``c = 1..K-1`` and
 averaged over the classes with a non-empty mask [default].
@@ -19,7 +28,9 @@ import numpy as np
 
 __all__ = [
     "adapted_rand_score",
+    "ars_mask_size",
     "effective_invariance",
+    "evaluation_mask_size",
     "hopkins_statistic",
     "information_maximisation",
     "mean_entropy",
@@ -27,6 +38,7 @@ __all__ = [
     "nhd_score",
     "one_vs_rest",
     "per_image_dice",
+    "weighted_mean",
 ]
 
 _EPS = 1e-12
@@ -53,6 +65,35 @@ def _check_pair(p_clean: np.ndarray, p_pert: np.ndarray) -> tuple[np.ndarray, np
     if u.shape != a.shape:
         raise ValueError(f"clean and perturbed shapes differ: {p_clean.shape} vs {p_pert.shape}")
     return u, a
+
+
+def evaluation_mask_size(p_clean: np.ndarray, p_pert: np.ndarray, threshold: float = 0.5) -> int:
+    """|M| summed over the foreground classes: the weight of an image in the dataset score.
+
+    Args:
+        p_clean: (K, H, W) clean probabilities.
+        p_pert: (K, H, W) perturbed probabilities.
+        threshold: foreground threshold t.
+
+    Returns:
+        The number of (class, pixel) pairs predicted foreground in either prediction.
+    """
+    u, a = _check_pair(p_clean, p_pert)
+    return int(np.count_nonzero((u > threshold) | (a > threshold)))
+
+
+def weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
+    """Mean of the finite ``values`` weighted by ``weights`` (NaN when the weights sum to 0).
+
+    Args:
+        values: (N,) per-image scores (NaN where not scorable).
+        weights: (N,) non-negative weights (0 where not scorable).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    keep = np.isfinite(v) & (w > 0)
+    total = float(w[keep].sum())
+    return float((v[keep] * w[keep]).sum() / total) if total > 0 else math.nan
 
 
 def nhd_score(p_clean: np.ndarray, p_pert: np.ndarray, threshold: float = 0.5) -> float:
@@ -133,11 +174,7 @@ def adapted_rand_score(labels_clean: np.ndarray, labels_pert: np.ndarray) -> flo
     """
     from skimage.metrics import adapted_rand_error
 
-    lu = np.asarray(labels_clean).astype(np.int64)
-    la = np.asarray(labels_pert).astype(np.int64)
-    if lu.shape != la.shape or lu.ndim != 2:
-        raise ValueError(f"expected two (H, W) label maps of one shape, got {lu.shape}, {la.shape}")
-    mask = ((lu > 0) | (la > 0)) & ~_boundary_band(lu)
+    lu, la, mask = _ars_mask(labels_clean, labels_pert)
     count = int(mask.sum())
     if count == 0:
         return math.nan
@@ -151,6 +188,21 @@ def adapted_rand_score(labels_clean: np.ndarray, labels_pert: np.ndarray) -> flo
         warnings.simplefilter("ignore", RuntimeWarning)
         error = adapted_rand_error(u[None, :], a[None, :], ignore_labels=())[0]
     return float(1.0 - error)
+
+
+def _ars_mask(
+    labels_clean: np.ndarray, labels_pert: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lu = np.asarray(labels_clean).astype(np.int64)
+    la = np.asarray(labels_pert).astype(np.int64)
+    if lu.shape != la.shape or lu.ndim != 2:
+        raise ValueError(f"expected two (H, W) label maps of one shape, got {lu.shape}, {la.shape}")
+    return lu, la, ((lu > 0) | (la > 0)) & ~_boundary_band(lu)
+
+
+def ars_mask_size(labels_clean: np.ndarray, labels_pert: np.ndarray) -> int:
+    """|M| of :func:`adapted_rand_score` (foreground of either map, boundary band removed)."""
+    return int(_ars_mask(labels_clean, labels_pert)[2].sum())
 
 
 def _entropy(proba: np.ndarray, axis: int) -> np.ndarray:
