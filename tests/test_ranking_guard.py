@@ -253,3 +253,36 @@ def test_validate_rank_correlations_use_the_guarded_order(
     assert correlations["pearson"].statistic == pytest.approx(stats.pearsonr(raw, dice)[0])
     # The guard changes the verdict: the raw scores correlate differently.
     assert stats.spearmanr(raw, dice)[0] != pytest.approx(correlations["spearman"].statistic)
+
+
+def test_a_flagged_model_cannot_reorder_the_consensus_of_the_others() -> None:
+    from alframe.ranking import consensus_places
+
+    # Two components disagree on a and b; a degenerate d sits between them in one component
+    # and below both in the other. Ranked with d, a and b tie or swap; ranked without it they
+    # keep the order the two components give together.
+    first = {"a": 0.9, "d": 0.8, "b": 0.7}
+    second = {"a": 0.1, "b": 0.2, "d": 0.0}
+    plain = [consensus_places(first), consensus_places(second)]
+    guarded = [consensus_places(first, {"d"}), consensus_places(second, {"d"})]
+    mean = {m: np.mean([p[m] for p in plain]) for m in first}
+    mean_guarded = {m: np.mean([p[m] for p in guarded]) for m in first}
+    assert mean["a"] > mean["b"]  # d pushes b down in the first component only
+    assert mean_guarded["a"] == mean_guarded["b"] == 0.5  # a and b: one win each
+    assert guarded[0]["d"] == guarded[1]["d"] == 1.0  # d is placed among the flagged alone
+
+
+def test_display_names_tell_files_of_several_runs_apart() -> None:
+    from alframe.ranking import display_names
+
+    assert display_names(["zoo/a/m1.ckpt", "zoo/b/m2.ckpt"]) == ["m1", "m2"]
+    assert display_names(["z/run_a/epoch_001.ckpt", "z/run_b/epoch_001.ckpt", "z/run_b/e2.pt"]) == [
+        "run_a/epoch_001",
+        "run_b/epoch_001",
+        "run_b/e2",
+    ]
+    assert display_names(["p/a/epoch_001.ckpt", "q/a/epoch_001.ckpt"]) == [
+        "p/a/epoch_001",
+        "q/a/epoch_001",
+    ]
+    assert display_names(["runs/x/checkpoints/best.ckpt"]) == ["x/best"]

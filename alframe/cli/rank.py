@@ -199,6 +199,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     from alframe.cli.commands import quiet_lightning
     from alframe.parallel import resolve_devices
     from alframe.ranking import (
+        display_names,
         images_from_folder,
         load_predictor,
         rank_models,
@@ -209,6 +210,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
     quiet_lightning()
     devices = resolve_devices(args.devices)  # a bad request fails before any model is read
     predictors = [load_predictor(path) for path in args.checkpoints]
+    for predictor, name in zip(predictors, display_names(args.checkpoints), strict=True):
+        predictor.name = name
     recipe = next((p.recipe for p in predictors if p.recipe), None)
     images = images_from_folder(args.images, args.labels, recipe, args.image_size)
     source = (

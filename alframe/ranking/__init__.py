@@ -30,7 +30,12 @@ from alframe.ranking.perturbations import (
     robust_spread,
 )
 from alframe.ranking.pipeline import RankingReport, rank_models, validate, write_report
-from alframe.ranking.predictors import Predictor, load_predictor, logits_to_probabilities
+from alframe.ranking.predictors import (
+    Predictor,
+    display_names,
+    load_predictor,
+    logits_to_probabilities,
+)
 from alframe.ranking.rankers import (
     DEFAULT_RANKER,
     RANKERS,
@@ -42,6 +47,7 @@ from alframe.ranking.rankers import (
     RankerResult,
     SourceDiceRanker,
     TransferScoreRanker,
+    consensus_places,
     create_ranker,
     normalised_ranks,
 )
@@ -72,8 +78,10 @@ __all__ = [
     "TargetImages",
     "TransferScoreRanker",
     "channel_dropout",
+    "consensus_places",
     "correlate",
     "create_ranker",
+    "display_names",
     "images_from_folder",
     "load_predictor",
     "logits_to_probabilities",

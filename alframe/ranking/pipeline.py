@@ -276,7 +276,9 @@ def rank_models(
     for ranker in rankers:
         if isinstance(ranker, ConsensusRanker):
             scored = [report.results.get(key, {}) for key in components[ranker.describe()]]
-            report.results[ranker.describe()] = ranker.combine(scored, len(images))
+            report.results[ranker.describe()] = ranker.combine(
+                scored, len(images), set(report.degenerate)
+            )
     return report
 
 

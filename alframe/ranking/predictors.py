@@ -31,7 +31,7 @@ from alframe.errors import ModelError
 if TYPE_CHECKING:
     from alframe.parallel import DeviceSpec
 
-__all__ = ["Predictor", "load_predictor", "logits_to_probabilities"]
+__all__ = ["Predictor", "display_names", "load_predictor", "logits_to_probabilities"]
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 ONNX_SUFFIXES = (".onnx",)
@@ -342,6 +342,29 @@ def _load_onnx(file: Path, name: str) -> Predictor:
         return session.run(None, {input_name: batch})
 
     return Predictor(name=name, function=run, source=str(file), array_input=True)
+
+
+def display_names(paths: list[str | os.PathLike[str]]) -> list[str]:
+    """Short names for model files that stay unique: the files' display names or, when two
+    clash, every name with as many parent folders as it takes to tell the files apart
+    (``run_a/epoch_001`` and ``run_b/epoch_001`` when two adaptation runs are ranked together).
+
+    Args:
+        paths: the model files, in order.
+
+    Returns:
+        One name per path (identical paths keep identical names).
+    """
+    files = [Path(p).expanduser() for p in paths]
+    names = [_display_name(f) for f in files]
+    # On a clash every name gets the same number of parent folders, so the table reads evenly.
+    for depth in range(1, 8):
+        if len(set(names)) == len(names):
+            break
+        names = [
+            "/".join([*(p.name for p in f.parents[:depth][::-1] if p.name), f.stem]) for f in files
+        ]
+    return names
 
 
 def _display_name(file: Path) -> str:

@@ -49,6 +49,7 @@ __all__ = [
     "RankerResult",
     "SourceDiceRanker",
     "TransferScoreRanker",
+    "consensus_places",
     "create_ranker",
     "normalised_ranks",
 ]
@@ -643,7 +644,10 @@ class ConsensusRanker(Ranker):
         raise ConfigError("consensus has no per-batch score")
 
     def combine(
-        self, component_results: list[dict[str, RankerResult]], n_images: int
+        self,
+        component_results: list[dict[str, RankerResult]],
+        n_images: int,
+        flagged: set[str] | frozenset[str] = frozenset(),
     ) -> dict[str, RankerResult]:
         """Consensus results from the components' results over the same candidates.
 
@@ -651,12 +655,15 @@ class ConsensusRanker(Ranker):
             component_results: one ``model → result`` mapping per component.
             n_images: number of target images (the per-image array is NaN: the consensus is a
                 property of the candidate set, not of single images).
+            flagged: models the degenerate-model guard flagged; they are placed among
+                themselves, so they cannot move the unflagged models' places.
 
         Returns:
             model → result with the consensus score and each component's place in ``info``.
         """
         models = list(component_results[0]) if component_results else []
-        places = [normalised_ranks({m: by[m].goodness for m in models}) for by in component_results]
+        goodness = [{m: by[m].goodness for m in models} for by in component_results]
+        places = [consensus_places(g, flagged) for g in goodness]
         out: dict[str, RankerResult] = {}
         for model in models:
             parts = {
@@ -674,6 +681,25 @@ class ConsensusRanker(Ranker):
                 info={"places": parts},
             )
         return out
+
+
+def consensus_places(
+    goodness: dict[str, float], flagged: set[str] | frozenset[str] = frozenset()
+) -> dict[str, float]:
+    """:func:`normalised_ranks` among the unflagged models, and separately among the flagged
+    ones (which the report ranks last anyway), so a degenerate model never shifts the places of
+    the others.
+
+    Args:
+        goodness: model → component score oriented so that higher is better.
+        flagged: models flagged by the degenerate-model guard.
+    """
+    kept = {m: v for m, v in goodness.items() if m not in flagged}
+    dropped = {m: v for m, v in goodness.items() if m in flagged}
+    places = normalised_ranks(kept) if kept else {}
+    if dropped:
+        places.update(normalised_ranks(dropped))
+    return {m: places[m] for m in goodness}
 
 
 DEFAULT_RANKER = "consensus"
