@@ -44,7 +44,9 @@ def logits_to_probabilities(logits: np.ndarray) -> np.ndarray:
     if x.ndim != 4:
         raise ModelError(f"a model must return (B, K, H, W) logits, got shape {x.shape}")
     if x.shape[1] == 1:
-        fg = 1.0 / (1.0 + np.exp(-x))
+        from scipy.special import expit
+
+        fg = expit(x)  # no overflow warning for confident (|logit| > 700) pixels
         return np.concatenate([1.0 - fg, fg], axis=1).astype(np.float32)
     shifted = x - x.max(axis=1, keepdims=True)
     e = np.exp(shifted)
