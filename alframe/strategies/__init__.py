@@ -29,6 +29,7 @@ from alframe.strategies.entropy import EntropyStrategy
 from alframe.strategies.margin import MarginStrategy
 from alframe.strategies.random import RandomStrategy
 from alframe.strategies.typiclust import TypiClustStrategy
+from alframe.strategies.uncertain_coreset import UncertainCoresetStrategy
 from alframe.strategies.xssr import MissingSourceWarning, XSSRStrategy
 
 
@@ -57,6 +58,7 @@ __all__ = [
     "RandomStrategy",
     "Strategy",
     "TypiClustStrategy",
+    "UncertainCoresetStrategy",
     "XSSRStrategy",
     "clip_budget",
     "create",
