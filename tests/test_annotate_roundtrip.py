@@ -310,3 +310,80 @@ def test_recovery_removes_leftovers_and_says_so(
     assert not list((project / "train").iterdir()) and not list((project / "labels").rglob("*.*"))
     assert main(["round", "next", str(project), "--budget", "2"]) == 0  # carries on as round 2
     assert (project / "rounds" / "002" / "round.json").is_file()
+
+
+def _independent_agreement(project: Path, runs: tuple[int, int], ids: list[str]) -> float:
+    """Mean binary foreground Dice between two runs' predictions, predicted here from their
+    checkpoints (the selection code's predictor) and counted directly."""
+    from alframe.workflows.selection import pool_probabilities
+
+    maps = []
+    with open_project(project, write=False) as opened:
+        samples = [opened.samples()[i] for i in ids]
+        for run in runs:
+            (row,) = opened.store.query("SELECT checkpoint FROM trainings WHERE run = ?", (run,))
+            proba = pool_probabilities(opened.recipe, str(opened.path(row["checkpoint"])), samples)
+            maps.append(proba.argmax(axis=1) == 1)
+    scores = []
+    for a, b in zip(*maps):
+        total = int(a.sum()) + int(b.sum())
+        scores.append(1.0 if total == 0 else 2 * int((a & b).sum()) / total)
+    return float(np.mean(scores))
+
+
+@pytest.mark.filterwarnings("ignore:.*isinstance\\(treespec, LeafSpec\\).*")
+def test_round_train_measures_model_agreement_on_the_unlabelled_items(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alframe.annotate import format_status, train_round
+
+    project = make_project(tmp_path, annotators=("solo",), overlap=0.0, budget=3)
+    first_round = assignments(project)
+    write_mask_folder(project, tmp_path / "r1", first_round)
+    with open_project(project) as opened:
+        import_labels(opened, tmp_path / "r1")
+        first = train_round(opened, track=False)
+    assert first.pool_agreement["value"] is None
+    assert first.pool_agreement["note"] == "needs two trained rounds"
+    assert (first.folder / "pool_predictions.npz").is_file()
+    assert main(["round", "status", str(project)]) == 0
+    assert "model agreement on the unlabelled pool: needs two trained rounds" in (
+        capsys.readouterr().out
+    )
+
+    with open_project(project) as opened:
+        next_round(opened, 3)
+    second_round = {i: v for i, v in assignments(project).items() if i not in first_round}
+    write_mask_folder(project, tmp_path / "r2", second_round)
+    with open_project(project) as opened:
+        import_labels(opened, tmp_path / "r2")
+    assert main(["round", "train", str(project), "--no-track"]) == 0
+    printed = capsys.readouterr().out
+    with open_project(project, write=False) as opened:
+        status = project_status(opened)
+        labelled = set(opened.label_files())
+        unlabelled = [i for i in opened.item_ids() if i not in labelled]
+    assert len(labelled) == 6 and len(unlabelled) == status["pool"] - 6 > 0
+    record = status["trainings"][-1]["pool_agreement"]
+    expected = _independent_agreement(project, (1, 2), unlabelled)
+    assert record["value"] == pytest.approx(expected, abs=1e-9) and 0.0 < expected < 1.0
+    assert record["n_items"] == len(unlabelled) and record["previous_run"] == 1
+    assert f"agreement with run 1 on {len(unlabelled)} unlabelled items: " in printed
+    summary = json.loads((project / "train" / "002" / "summary.json").read_text())
+    assert summary["pool_agreement"]["value"] == record["value"]
+    assert main(["round", "status", str(project)]) == 0
+    line = (
+        f"model agreement on {len(unlabelled)} unlabelled items: {record['value']:.4f} "
+        "(run 2 on 6 labels vs run 1 on 3;"
+    )
+    assert line in capsys.readouterr().out and line in format_status(status)
+
+    # A run whose predictions were not kept (trained by an earlier alframe): its checkpoint
+    # predicts them again. Another epoch makes the third model differ from the second.
+    (project / "train" / "002" / "pool_predictions.npz").unlink()
+    with open_project(project) as opened:
+        third = train_round(opened, track=False, overrides=["train.max_epochs=2"])
+    assert third.pool_agreement["previous_run"] == 2
+    assert third.pool_agreement["value"] == pytest.approx(
+        _independent_agreement(project, (2, 3), unlabelled), abs=1e-9
+    )

@@ -88,6 +88,8 @@ KEYS = (
     "strategy_used",
     "select_seed",
     "train_seed",
+    "pool_agreement",
+    "pool_agreement_items",
 )
 
 
@@ -140,6 +142,19 @@ def test_experiment_writes_rounds_results_and_plot(
     assert row["pct_of_full"].notna().all()
     assert len(result.results) == 5 * 2  # rounds × evaluation sets
 
+    # The stopping signal: none in round 0, then a Dice on the 12 - 6 items still unlabelled.
+    for manifests in (xssr, entropy):
+        assert manifests[0]["pool_agreement"] is None and manifests[0]["pool_agreement_items"] == 0
+        assert 0.0 <= manifests[1]["pool_agreement"] <= 1.0
+        assert manifests[1]["pool_agreement_items"] == 6
+    assert full["pool_agreement"] is None and full["pool_predictions"] is None
+    assert "agreement=" not in lines[0]
+    assert f"agreement={xssr[1]['pool_agreement']:.3f} (6 unlabelled)" in lines[1]
+    assert row["agreement_mean"].isna().tolist() == [True, False]
+    assert row["agreement_mean"].iloc[1] == pytest.approx(xssr[1]["pool_agreement"])
+    assert "### Pool agreement (label-free stopping signal)" in printed
+    assert "### Pool agreement" in result.files["summary"].read_text()
+
 
 def test_experiment_is_tracked_in_mlflow(reference: tuple[ExperimentResult, str]) -> None:
     from mlflow.tracking import MlflowClient
@@ -162,6 +177,11 @@ def test_experiment_is_tracked_in_mlflow(reference: tuple[ExperimentResult, str]
         r for r in by_kind["round"] if r.data.tags.get("mlflow.parentRunId") == xssr.info.run_id
     ]
     assert sorted(r.data.metrics["n_labelled"] for r in children) == [3.0, 6.0]
+    by_size = {r.data.metrics["n_labelled"]: r.data.metrics for r in children}
+    assert "pool_agreement" not in by_size[3.0]  # round 0: no previous model
+    agreement = arm_manifests(result, "xssr")[1]["pool_agreement"]
+    assert by_size[6.0]["pool_agreement"] == pytest.approx(agreement)
+    assert by_size[6.0]["pool_agreement_items"] == 6.0
     for child in children:
         assert child.info.status == "FINISHED"
         assert 0.0 <= child.data.metrics["target_test_dice_mean"] <= 1.0
@@ -175,6 +195,7 @@ def test_experiment_is_tracked_in_mlflow(reference: tuple[ExperimentResult, str]
     assert {"learning_curve.png", "summary.md", "summary_table.csv"} <= artifacts
     assert "target_test/xssr/aulc_mean" in summary.data.metrics
     assert "target_test/xssr/n3/pct_of_full" in summary.data.metrics
+    assert summary.data.metrics["pool_agreement/xssr/n6"] == pytest.approx(agreement)
 
 
 def test_learner_predicts_and_evaluates(

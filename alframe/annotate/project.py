@@ -9,7 +9,8 @@ Layout::
     DIR/rounds/NNN/              selection.csv, export/ (images, manifests, Label Studio tasks)
     DIR/labels/<annotator>/      imported masks: <case>.<hash>.png, class indices, 255 = ignore
     DIR/pseudo/                  pseudo-labels recorded through the extension point
-    DIR/train/NNN/               one `round train` run (checkpoint, evaluation, summary)
+    DIR/train/NNN/               one `round train` run (checkpoint, evaluation, summary,
+                                 pool_predictions.npz for the stopping signal)
 
 Every command opens the project with :func:`open_project`, which takes the project lock and
 runs :meth:`Project.recover`: files left by a killed command (staging folders, unreferenced

@@ -1,7 +1,10 @@
-"""`round status`: pending / labelled / pseudo-labelled per round and annotator, and agreement."""
+"""`round status`: pending / labelled / pseudo-labelled per round and annotator, agreement
+between annotators, and the label-free stopping signal (agreement between the last two trained
+models on the unlabelled items, :func:`alframe.annotate.training.model_agreement`)."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -17,7 +20,9 @@ def project_status(project: Project) -> dict[str, Any]:
         JSON-friendly data: ``pool``, ``labelled``, ``pseudo_labelled``, ``pending``, ``rounds``
         (one entry per round with ``items``, ``labelled``, ``pending``, ``pseudo_labelled`` and
         ``annotators``: name → assigned / labelled / pending), ``agreement`` (``mean``,
-        ``per_pair``, ``n_items``) and ``trainings``.
+        ``per_pair``, ``n_items``) and ``trainings`` (each with its ``pool_agreement`` record:
+        ``value``, ``n_items``, ``previous_run``, ``previous_n_labelled``, ``note``; None for a
+        run trained before alframe measured it).
     """
     store = project.store
     labelled_ids = {r["id"] for r in store.query("SELECT DISTINCT id FROM annotations")}
@@ -78,6 +83,7 @@ def project_status(project: Project) -> dict[str, Any]:
             "n_pseudo": int(r["n_pseudo"]),
             "folder": r["folder"],
             "checkpoint": r["checkpoint"],
+            "pool_agreement": json.loads(r["metrics"] or "{}").get("pool_agreement"),
         }
         for r in store.query("SELECT * FROM trainings ORDER BY run")
     ]
@@ -133,4 +139,31 @@ def format_status(status: dict[str, Any]) -> str:
             f"latest model: run {last['run']} on {last['n_labelled']} labels "
             f"(+{last['n_pseudo']} pseudo): {last['checkpoint']}"
         )
+    lines.append(format_model_agreement(status["trainings"]))
     return "\n".join(lines)
+
+
+def format_model_agreement(trainings: list[dict[str, Any]]) -> str:
+    """One line on the stopping signal of the latest training (see :func:`project_status`)."""
+    if len(trainings) < 2:
+        return (
+            "model agreement on the unlabelled pool: needs two trained rounds (run `alframe "
+            "round train DIR` again after the next round's labels)"
+        )
+    last = trainings[-1]
+    record = last.get("pool_agreement")
+    if not record:
+        return (
+            f"model agreement on the unlabelled pool: not recorded for run {last['run']} "
+            "(trained by an earlier alframe); the next `round train` measures it"
+        )
+    if record.get("value") is None:
+        return (
+            f"model agreement on the unlabelled pool: none for run {last['run']} "
+            f"({record.get('note')})"
+        )
+    return (
+        f"model agreement on {record['n_items']} unlabelled items: {record['value']:.4f} (run "
+        f"{last['run']} on {last['n_labelled']} labels vs run {record['previous_run']} on "
+        f"{record['previous_n_labelled']}; near 1: more labels barely change the model)"
+    )

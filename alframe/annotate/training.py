@@ -3,6 +3,15 @@
 The run is written to ``train/.staging-NNN/``, renamed to ``train/NNN`` when complete, and then
 recorded in the state store; a killed run leaves only a staging folder (or an unrecorded folder),
 which recovery removes.
+
+Every run also measures the label-free stopping signal of :mod:`alframe.loop.pool_agreement`
+against the previous run: the mean foreground Dice between the previous and the new model's
+argmax predictions on the items that have no human label when the new model is trained (pending
+and pseudo-labelled items included). The new model's predictions on those items are kept in
+``train/NNN/pool_predictions.npz`` (inside the staging folder, so committed with the run) for the
+next run to compare with; when that file is missing (a run trained by an earlier alframe) the
+previous run's checkpoint predicts again. The value is recorded in ``summary.json`` and in the
+run's row of the state store (``metrics.pool_agreement``), in the same transaction as the run.
 """
 
 from __future__ import annotations
@@ -28,6 +37,13 @@ from alframe.config import Recipe, dump_recipe, recipe_from_dict, recipe_to_dict
 from alframe.config.loading import apply_overrides
 from alframe.data.samples import Sample
 from alframe.errors import DataError, StateError
+from alframe.loop.pool_agreement import (
+    POOL_PREDICTIONS_FILE,
+    label_agreement,
+    predict_label_maps,
+    read_pool_predictions,
+    write_pool_predictions,
+)
 
 
 @dataclass
@@ -42,6 +58,9 @@ class RoundTraining:
         n_pseudo: pseudo-labelled items used.
         best_val_dice: validation Dice of the checkpoint (NaN without validation).
         evaluation: per evaluation set, mean metrics.
+        pool_agreement: the stopping signal against the previous run (see
+            :func:`model_agreement`): ``value`` (None for the first run or when nothing is left
+            unlabelled), ``n_items``, ``previous_run``, ``previous_n_labelled``, ``note``.
     """
 
     run: int
@@ -51,6 +70,7 @@ class RoundTraining:
     n_pseudo: int
     best_val_dice: float
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+    pool_agreement: dict[str, Any] = field(default_factory=dict)
 
 
 def _label_dataset_class() -> Any:
@@ -116,6 +136,128 @@ def make_datamodule(recipe: Recipe, samples: dict[str, Sample], labels: dict[str
             return dataset
 
     return ProjectDataModule(recipe, train_ids=sorted(labels))
+
+
+def _predictor(recipe: Recipe, task: Any, samples: dict[str, Sample]) -> Any:
+    """ids → (n, K, H, W) float32 probabilities of ``task`` on project items (eval transforms)."""
+
+    def predict_proba(ids: Sequence[str]) -> np.ndarray:
+        import torch
+        from torch.utils.data import DataLoader
+
+        from alframe.data import SegmentationDataset
+
+        dataset = SegmentationDataset(
+            [samples[i] for i in ids], recipe.data, recipe.augment.eval, train=False
+        )
+        loader = DataLoader(dataset, batch_size=recipe.train.batch_size, shuffle=False)
+        with torch.no_grad():
+            chunks = [task.predict_proba(batch["image"]).cpu().numpy() for batch in loader]
+        return np.concatenate(chunks).astype(np.float32)
+
+    return predict_proba
+
+
+def model_agreement(
+    project: Project,
+    recipe: Recipe,
+    task: Any,
+    labelled_ids: Iterable[str],
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The new model's predictions on the unlabelled items, and their agreement with the
+    previous `round train` run's model (the latest one the state store records).
+
+    Writes ``out_dir/pool_predictions.npz`` (the new model's label maps) when anything is
+    unlabelled.
+
+    Args:
+        project: the open project.
+        recipe: the recipe of the new run (data and eval transforms for prediction).
+        task: the new model (a :class:`~alframe.models.SegmentationTask`).
+        labelled_ids: items with a human label (the rest of the pool is measured).
+        out_dir: the new run's (staging) folder.
+
+    Returns:
+        ``value`` (mean Dice, None when there is no previous run or nothing unlabelled),
+        ``n_items``, ``previous_run``, ``previous_n_labelled``, ``predictions_sha256``,
+        ``seconds`` and ``note`` (why there is no value).
+    """
+    from alframe.loop.state import sha256_file
+
+    started = time.perf_counter()
+    labelled = set(labelled_ids)
+    unlabelled = [i for i in project.item_ids() if i not in labelled]
+    rows = project.store.query(
+        "SELECT run, folder, checkpoint, checkpoint_sha256, n_labelled, metrics FROM trainings "
+        "ORDER BY run DESC LIMIT 1"
+    )
+    previous = rows[0] if rows else None
+    record: dict[str, Any] = {
+        "value": None,
+        "n_items": 0,
+        "previous_run": int(previous["run"]) if previous is not None else None,
+        "previous_n_labelled": int(previous["n_labelled"]) if previous is not None else None,
+        "predictions_sha256": None,
+        "note": None,
+    }
+    if not unlabelled:
+        record["note"] = "every item is labelled"
+        return record
+    samples = project.samples()
+    labels, num_classes = predict_label_maps(_predictor(recipe, task, samples), unlabelled)
+    stored = write_pool_predictions(
+        out_dir / POOL_PREDICTIONS_FILE, unlabelled, labels, num_classes
+    )
+    record["predictions_sha256"] = sha256_file(stored)
+    if previous is None:
+        record["note"] = "needs two trained rounds"
+    else:
+        before = _previous_labels(project, recipe, previous, unlabelled, samples)
+        if before is None:
+            record["note"] = (
+                f"the checkpoint of run {int(previous['run'])} is missing or changed since it "
+                "was trained; it cannot be compared"
+            )
+        else:
+            scores = label_agreement(before, labels, num_classes)
+            record.update(value=float(scores.mean()), n_items=len(unlabelled))
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def _previous_labels(
+    project: Project,
+    recipe: Recipe,
+    previous: Any,
+    ids: Sequence[str],
+    samples: dict[str, Sample],
+) -> np.ndarray | None:
+    """(len(ids), H, W) the previous run's label maps: stored, else predicted again from its
+    checkpoint (runs trained by an earlier alframe, or a file changed since); None when
+    neither is possible (the checkpoint is gone or no longer has its recorded sha256)."""
+    from alframe.loop.state import sha256_file
+
+    recorded = (json.loads(previous["metrics"] or "{}").get("pool_agreement") or {}).get(
+        "predictions_sha256"
+    )
+    path = project.path(previous["folder"]) / POOL_PREDICTIONS_FILE
+    if recorded and path.is_file() and sha256_file(path) == recorded:
+        stored = read_pool_predictions(path)
+        labels = stored.subset(ids) if stored is not None else None
+        if labels is not None:
+            return labels
+    checkpoint_file = project.path(previous["checkpoint"])
+    if (
+        not checkpoint_file.is_file()
+        or sha256_file(checkpoint_file) != previous["checkpoint_sha256"]
+    ):
+        return None
+    from alframe.models import load_task
+
+    task = load_task(checkpoint_file)
+    labels, _ = predict_label_maps(_predictor(recipe, task, samples), ids)
+    return labels
 
 
 def train_round(
@@ -191,11 +333,12 @@ def train_round(
         seconds = time.perf_counter() - started
         checkpoint("train:fitted")
         evaluation: dict[str, dict[str, float]] = {}
+        task = load_task(fit.best_checkpoint)
         if recipe.data.evaluate:
-            task = load_task(fit.best_checkpoint)
             _, evaluation = evaluate_sets(
                 task, datamodule.eval_dataloaders(), recipe.num_classes, staging, False
             )
+        agreement = model_agreement(project, recipe, task, labels, staging)
         summary = {
             "run": run,
             "created": now(),
@@ -207,6 +350,7 @@ def train_round(
             "epochs_run": fit.epochs_run,
             "train_seconds": round(seconds, 2),
             "evaluation": evaluation,
+            "pool_agreement": agreement,
         }
         atomic_write_bytes(
             staging / "summary.json",
@@ -216,6 +360,9 @@ def train_round(
             metrics = {"best_val_dice": float(fit.best_val_dice), "n_labelled": float(len(labels))}
             for name, stats in evaluation.items():
                 metrics.update({f"{name}_{k}": float(v) for k, v in stats.items()})
+            if agreement["value"] is not None:
+                metrics["pool_agreement"] = float(agreement["value"])
+                metrics["pool_agreement_items"] = float(agreement["n_items"])
             tracker.log_metrics(run_id, metrics)
         status = "FINISHED"
     finally:
@@ -243,7 +390,12 @@ def train_round(
                 len(labels),
                 len(pseudo),
                 json.dumps(
-                    {"best_val_dice": fit.best_val_dice, "evaluation": evaluation}, default=float
+                    {
+                        "best_val_dice": fit.best_val_dice,
+                        "evaluation": evaluation,
+                        "pool_agreement": agreement,
+                    },
+                    default=float,
                 ),
             ),
         )
@@ -256,4 +408,5 @@ def train_round(
         n_pseudo=len(pseudo),
         best_val_dice=float(fit.best_val_dice),
         evaluation=evaluation,
+        pool_agreement=agreement,
     )

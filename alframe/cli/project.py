@@ -142,6 +142,14 @@ def cmd_round_train(args: argparse.Namespace) -> int:
     for name, stats in result.evaluation.items():
         dice = stats.get("dice_mean", stats.get("dice", float("nan")))
         print(f"  {name}: Dice {dice:.4f}")
+    agreement = result.pool_agreement
+    if agreement.get("value") is not None:
+        print(
+            f"  agreement with run {agreement['previous_run']} on {agreement['n_items']} "
+            f"unlabelled items: {agreement['value']:.4f}"
+        )
+    elif agreement.get("note"):
+        print(f"  agreement with the previous model: {agreement['note']}")
     print(f"checkpoint: {result.checkpoint}")
     return 0
 

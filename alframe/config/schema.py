@@ -527,6 +527,14 @@ class ExperimentConfig(_Strict):
     primary_set: str | None = Field(
         None, description="evaluation set of progress lines and the summary (default: the first)"
     )
+    pool_agreement: bool = Field(
+        True,
+        description=(
+            "label-free stopping signal: after each round, mean Dice between the previous and "
+            "the current model's predictions on the still-unlabelled pool (one inference pass "
+            "over it per round); false: skip it"
+        ),
+    )
 
     @field_validator("train")
     @classmethod

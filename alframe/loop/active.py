@@ -9,7 +9,10 @@ reference). Each round:
 2. the oracle labels them;
 3. the learner trains on every labelled item (from scratch, or fine-tuned from the previous
    round's weights) and is evaluated on every evaluation set;
-4. the round's manifest is written atomically (the commit point), then the round is logged to
+4. the current model predicts the items still unlabelled; the agreement of those predictions
+   with the previous round's model (mean foreground Dice, :mod:`alframe.loop.pool_agreement`) is
+   the round's label-free stopping signal ``pool_agreement``;
+5. the round's manifest is written atomically (the commit point), then the round is logged to
    MLflow and one progress line is printed.
 
 Every random choice derives from (seed, round): the selection seed and the training seed are
@@ -31,6 +34,13 @@ import numpy as np
 from alframe.errors import ConfigError, StateError
 from alframe.loop.learner import Learner
 from alframe.loop.oracle import SimulatedOracle
+from alframe.loop.pool_agreement import (
+    POOL_PREDICTIONS_FILE,
+    label_agreement,
+    predict_label_maps,
+    read_pool_predictions,
+    write_pool_predictions,
+)
 from alframe.loop.schedule import BudgetSchedule
 from alframe.loop.state import (
     RUN_FORMAT,
@@ -214,6 +224,10 @@ class ActiveLearningRun:
         hooks: callbacks around rounds.
         progress: print one line per round.
         label_prefix: text in front of progress lines (default ``[<label> seed <k>]``).
+        pool_agreement: after every round, predict the still-unlabelled pool and record its
+            agreement with the previous round's model (``pool_agreement`` in the manifest; one
+            inference pass per round). It decides no selection or metric, so it is not part of
+            the run's fingerprint.
     """
 
     def __init__(
@@ -229,6 +243,7 @@ class ActiveLearningRun:
         hooks: LoopHooks | None = None,
         progress: bool = True,
         label_prefix: str | None = None,
+        pool_agreement: bool = True,
     ) -> None:
         self.arm = arm
         self.learner = learner
@@ -241,6 +256,7 @@ class ActiveLearningRun:
         self.hooks = hooks or LoopHooks()
         self.progress = progress
         self.prefix = label_prefix or f"[{arm.display}]"
+        self.pool_agreement = pool_agreement
         self.pool_ids = list(inputs.ids)
         arm.schedule.check_pool(len(self.pool_ids))
         self.strategy: Any | None = None
@@ -336,7 +352,7 @@ class ActiveLearningRun:
                 self.tracker.log_round(self.arm, manifest, self.state.round_dir(manifest["round"]))
                 self._print(manifest, resumed=True)
             for round_index in range(len(done), self.arm.schedule.n_rounds):
-                done.append(self._run_round(round_index, oracle))
+                done.append(self._run_round(round_index, oracle, done[-1] if done else None))
             status = "FINISHED"
             return done
         except KeyboardInterrupt:
@@ -419,7 +435,34 @@ class ActiveLearningRun:
             **provenance,
         }
 
-    def _run_round(self, round_index: int, oracle: SimulatedOracle) -> dict[str, Any]:
+    def _previous_pool_labels(
+        self, previous: Mapping[str, Any], unlabelled_ids: Sequence[str]
+    ) -> np.ndarray | None:
+        """(U, H, W) the previous round's model's label maps of ``unlabelled_ids``.
+
+        Read from the previous round's folder when the file is there and matches the sha256 its
+        manifest recorded. Otherwise (a round committed by an alframe without the stopping
+        signal, with it switched off, or a file damaged since) the learner, which still holds
+        the previous round's model at this point, predicts them again. None without a model.
+        """
+        recorded = previous.get("pool_predictions") or {}
+        path = self.state.round_dir(int(previous["round"])) / POOL_PREDICTIONS_FILE
+        if recorded.get("sha256") and path.is_file() and sha256_file(path) == recorded["sha256"]:
+            stored = read_pool_predictions(path)
+            labels = stored.subset(unlabelled_ids) if stored is not None else None
+            if labels is not None:
+                return labels
+        if self.learner.checkpoint is None:
+            return None
+        labels, _ = predict_label_maps(self.learner.predict_proba, unlabelled_ids)
+        return labels
+
+    def _run_round(
+        self,
+        round_index: int,
+        oracle: SimulatedOracle,
+        previous: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         from alframe.workflows.selection import SelectionResult, write_selection_csv
 
         arm = self.arm
@@ -450,6 +493,20 @@ class ActiveLearningRun:
         )
         oracle.label(selected_ids)
 
+        # The training set is fixed now: what stays unlabelled is where the signal is measured.
+        measure_agreement = self.pool_agreement and not arm.is_reference
+        unlabelled_ids = (
+            [self.pool_ids[int(i)] for i in np.flatnonzero(~oracle.labelled_mask)]
+            if measure_agreement
+            else []
+        )
+        clock = time.perf_counter()
+        previous_labels = None
+        if unlabelled_ids and previous is not None:
+            # Before reset/fit: a fallback prediction needs the previous round's model.
+            previous_labels = self._previous_pool_labels(previous, unlabelled_ids)
+        agreement_seconds = time.perf_counter() - clock
+
         if arm.retrain == "scratch":
             self.learner.reset()
         fit = self.learner.fit(oracle.labelled_ids, round_dir / "model", seed=train_seed)
@@ -461,6 +518,29 @@ class ActiveLearningRun:
         pseudo = None
         if not arm.is_reference and len(oracle) < len(self.pool_ids):
             pseudo = self.learner.pseudo_label(oracle.labelled_ids, round_dir)
+
+        clock = time.perf_counter()
+        agreement: float | None = None
+        pool_predictions: dict[str, Any] | None = None
+        if unlabelled_ids:
+            current_labels, num_classes = predict_label_maps(
+                self.learner.predict_proba, unlabelled_ids
+            )
+            # Kept for the next round (written before the manifest, so it is committed with it).
+            stored = write_pool_predictions(
+                round_dir / POOL_PREDICTIONS_FILE, unlabelled_ids, current_labels, num_classes
+            )
+            pool_predictions = {
+                "file": POOL_PREDICTIONS_FILE,
+                "sha256": sha256_file(stored),
+                "n_items": len(unlabelled_ids),
+                "num_classes": num_classes,
+            }
+            if previous_labels is not None:
+                agreement = float(
+                    label_agreement(previous_labels, current_labels, num_classes).mean()
+                )
+        agreement_seconds += time.perf_counter() - clock
 
         checkpoint = Path(fit.checkpoint)
         try:
@@ -507,8 +587,12 @@ class ActiveLearningRun:
             "timing": {
                 "select_seconds": round(select_seconds, 3),
                 "evaluate_seconds": round(evaluate_seconds, 3),
+                "agreement_seconds": round(agreement_seconds, 3),
             },
             "metrics": metrics,
+            "pool_agreement": agreement,
+            "pool_agreement_items": len(unlabelled_ids) if agreement is not None else 0,
+            "pool_predictions": pool_predictions,
             "pseudolabels": pseudo,
             "versions": package_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -530,9 +614,15 @@ class ActiveLearningRun:
         cold = (
             f" [cold start: {manifest.get('strategy_used')}]" if manifest.get("cold_start") else ""
         )
+        agreement = manifest.get("pool_agreement")
+        agrees = (
+            f" agreement={agreement:.3f} ({manifest.get('pool_agreement_items')} unlabelled)"
+            if isinstance(agreement, float)
+            else ""
+        )
         print(
             f"{self.prefix} round {manifest['round']}: n_labelled={manifest['n_labelled']} "
-            f"dice={shown} ({name}){cold}{note}",
+            f"dice={shown} ({name}){agrees}{cold}{note}",
             flush=True,
         )
 

@@ -10,7 +10,7 @@ directory (``output_dir`` of the recipe)::
     mae/, embeddings/          the source-domain MAE and the embedding cache (when needed)
     runs/<label>__<schedule>__seed<k>/rounds/NNN/...   one folder per run and round
     experiment_results.csv     one row per run × round × evaluation set
-    summary_table.csv          mean ± std over seeds, % of full data, AULC
+    summary_table.csv          mean ± std over seeds, % of full data, AULC, pool agreement
     summary.md, learning_curve.png
 
 Training budget per round: with a handful of labels an epoch is one or two optimisation steps,
@@ -21,10 +21,17 @@ only in how many distinct images those steps see. Rounds train on every labelled
 checkpoint selection would cost more than it gives. The full-data reference uses the recipe's own
 ``train`` section (epochs, early stopping on ``data.val_fraction``) — the standard supervised
 result that label efficiency is measured against.
+
+Every round from the second on also records ``pool_agreement``, the mean Dice between the
+previous and the current round's predictions on the still-unlabelled pool
+(:mod:`alframe.loop.pool_agreement`): a stopping signal that needs no labels, shown in the
+progress lines, MLflow, ``summary_table.csv`` and ``summary.md`` beside the learning curve it
+is meant to predict. ``experiment.pool_agreement: false`` skips it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -418,6 +425,7 @@ def run_experiment(
             hooks=hooks,
             progress=progress,
             label_prefix=f"[{name} seed {arm.seed}]",
+            pool_agreement=experiment.pool_agreement,
         )
         manifests[arm.folder_name] = run.run()
 
@@ -551,6 +559,12 @@ def _log_summary(
                     row.pct_of_full
                 )
             metrics[_metric_key(base, "aulc_mean")] = float(row.aulc_mean)
+            agreement = getattr(row, "agreement_mean", math.nan)
+            if agreement is not None and np.isfinite(agreement):
+                # The same for every evaluation set: one key per strategy and budget.
+                metrics[_metric_key("pool_agreement", label, f"n{row.n_labelled}")] = float(
+                    agreement
+                )
         tracker.log_metrics(run_id, metrics)
         for key in ("learning_curve", "table", "summary", "results"):
             tracker.log_artifact(run_id, result.files[key])

@@ -40,7 +40,8 @@ def _record_run(path: Path, uri: str, run_id: str) -> None:
 
 def round_metrics(manifest: Mapping[str, Any]) -> dict[str, float]:
     """Flat MLflow metrics of a round: ``n_labelled``, ``<set>_<metric>`` per evaluation set,
-    ``fit_*`` and, with pseudo-labels, ``pseudo_*`` (their accuracy on the pool)."""
+    ``fit_*``, from round 1 on ``pool_agreement`` / ``pool_agreement_items`` (the label-free
+    stopping signal) and, with pseudo-labels, ``pseudo_*`` (their accuracy on the pool)."""
     metrics: dict[str, float] = {
         "n_labelled": float(manifest["n_labelled"]),
         "n_selected": float(len(manifest.get("selected", []))),
@@ -53,6 +54,10 @@ def round_metrics(manifest: Mapping[str, Any]) -> dict[str, float]:
     for key in ("train_seconds", "steps", "epochs", "best_val_dice", "train_pl_accuracy"):
         if isinstance(fit.get(key), int | float):
             metrics[f"fit_{key}"] = float(fit[key])
+    # Absent in round 0 (no previous model): a missing point, not a 0, in MLflow's charts.
+    if isinstance(manifest.get("pool_agreement"), int | float):
+        metrics["pool_agreement"] = float(manifest["pool_agreement"])
+        metrics["pool_agreement_items"] = float(manifest.get("pool_agreement_items") or 0)
     # Pseudo-labels of the unlabelled pool against its hidden ground truth (simulations).
     pseudo = manifest.get("pseudolabels") or {}
     for key in ("dice_mean", "pixel_accuracy_mean", "coverage_mean", "n_items"):

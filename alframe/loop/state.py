@@ -7,6 +7,7 @@ Layout of a run directory (one strategy × schedule × seed)::
     <run>/rounds/000/selection.csv  selected ids, rank, score and per-term scores
     <run>/rounds/000/model/...      the round's checkpoint
     <run>/rounds/000/eval_<set>.csv per-image scores
+    <run>/rounds/000/pool_predictions.npz  label maps of the still-unlabelled items (stopping signal)
     <run>/rounds/000/tracking.json  the MLflow run the round was logged to (optional)
 
 A round counts as done exactly when its manifest exists and verifies. A round folder without a

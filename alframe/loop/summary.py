@@ -8,7 +8,10 @@ Definitions:
   Dice (std with ddof=1; 0 for a single seed);
 - % of full data: 100 × that mean / the mean over seeds of the full-data reference's Dice;
 - AULC: per seed, the trapezoid area under Dice(n_labelled) divided by the n_labelled range
-  (so it is a Dice-like number in [0, 1]; a single round gives its Dice), then mean ± std.
+  (so it is a Dice-like number in [0, 1]; a single round gives its Dice), then mean ± std;
+- pool agreement (the label-free stopping signal, :mod:`alframe.loop.pool_agreement`): per
+  (strategy, schedule, budget), mean ± std over the seeds that have a value (none in round 0).
+  It does not depend on the evaluation set; every set's rows repeat it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ RESULT_COLUMNS = [
     "cold_start",
     "train_seconds",
     "steps",
+    "pool_agreement",
+    "pool_agreement_items",
 ]
 
 
@@ -75,6 +80,8 @@ def results_frame(manifests: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                     "cold_start": manifest.get("cold_start"),
                     "train_seconds": fit.get("train_seconds"),
                     "steps": fit.get("steps"),
+                    "pool_agreement": manifest.get("pool_agreement"),
+                    "pool_agreement_items": manifest.get("pool_agreement_items"),
                 }
             )
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
@@ -110,6 +117,13 @@ def _std(values: np.ndarray) -> float:
     return float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
+def _finite(values: Iterable[Any]) -> np.ndarray:
+    """The finite numbers among ``values`` (None / NaN dropped) as float64."""
+    numbers = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce")
+    array = numbers.to_numpy(dtype=np.float64)
+    return array[np.isfinite(array)]
+
+
 def reference_scores(results: pd.DataFrame) -> dict[str, tuple[float, float, int]]:
     """Per evaluation set: (mean, std, n seeds) of the full-data reference's Dice."""
     reference = results[results["label"] == REFERENCE_LABEL]
@@ -131,8 +145,9 @@ def summary_table(results: pd.DataFrame, set_order: Sequence[str] | None = None)
 
     Returns:
         Columns ``label, schedule, eval_set, n_labelled, n_seeds, dice_mean, dice_std,
-        iou_mean, iou_std, pct_of_full, aulc_mean, aulc_std`` (the reference has one row per set
-        with pct_of_full 100).
+        iou_mean, iou_std, pct_of_full, aulc_mean, aulc_std, agreement_mean, agreement_std``
+        (the reference has one row per set with pct_of_full 100; agreement is NaN where no seed
+        has a value).
     """
     columns = [
         "label",
@@ -147,6 +162,8 @@ def summary_table(results: pd.DataFrame, set_order: Sequence[str] | None = None)
         "pct_of_full",
         "aulc_mean",
         "aulc_std",
+        "agreement_mean",
+        "agreement_std",
     ]
     if not len(results):
         return pd.DataFrame(columns=columns)
@@ -165,6 +182,7 @@ def summary_table(results: pd.DataFrame, set_order: Sequence[str] | None = None)
         iou = group["iou_mean"].to_numpy(dtype=np.float64)
         ref = reference.get(str(set_name))
         area = np.asarray(aulcs[(str(label), str(schedule), str(set_name))], dtype=np.float64)
+        agreement = _finite(group["pool_agreement"]) if "pool_agreement" in group else _finite([])
         rows.append(
             {
                 "label": label,
@@ -179,6 +197,8 @@ def summary_table(results: pd.DataFrame, set_order: Sequence[str] | None = None)
                 "pct_of_full": 100.0 * float(dice.mean()) / ref[0] if ref and ref[0] > 0 else None,
                 "aulc_mean": float(area.mean()),
                 "aulc_std": _std(area),
+                "agreement_mean": float(agreement.mean()) if agreement.size else math.nan,
+                "agreement_std": _std(agreement) if agreement.size else math.nan,
             }
         )
     table = pd.DataFrame(rows, columns=columns)
@@ -269,7 +289,8 @@ def _cell(mean: Any, std: Any, pct: Any = None) -> str:
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """One markdown table per evaluation set: Dice (% of full) per budget, and AULC."""
+    """One markdown table per evaluation set: Dice (% of full) per budget, and AULC; then,
+    when any round has one, the pool agreement per budget (:func:`agreement_markdown`)."""
     lines: list[str] = []
     for set_name, part in table.groupby("eval_set", sort=False):
         curves = part[part["label"] != REFERENCE_LABEL]
@@ -297,4 +318,47 @@ def markdown_table(table: pd.DataFrame) -> str:
                 f"seed(s)): Dice {_cell(row['dice_mean'], row['dice_std'])}.",
             ]
         lines.append("")
+    lines += agreement_markdown(table)
     return "\n".join(lines)
+
+
+def agreement_markdown(table: pd.DataFrame) -> list[str]:
+    """Lines of the pool-agreement table: mean ± std over seeds per strategy and budget.
+
+    Args:
+        table: a frame from :func:`summary_table` (a table written before the stopping signal
+            existed, without ``agreement_*`` columns, gives no lines).
+
+    Returns:
+        Markdown lines, empty when no round has an agreement value.
+    """
+    if "agreement_mean" not in table.columns or not len(table):
+        return []
+    curves = table[table["label"] != REFERENCE_LABEL]
+    # The value does not depend on the evaluation set: read the first set's rows.
+    curves = curves[curves["eval_set"] == curves["eval_set"].iloc[0]] if len(curves) else curves
+    measured = curves[np.isfinite(pd.to_numeric(curves["agreement_mean"], errors="coerce"))]
+    if not len(measured):
+        return []
+    budgets = sorted({int(n) for n in measured["n_labelled"]})
+    schedules = list(dict.fromkeys(curves["schedule"].tolist()))
+    lines = [
+        "### Pool agreement (label-free stopping signal)",
+        "",
+        "Mean foreground Dice between the previous and the current round's predictions on the "
+        "items still unlabelled, mean ± std over seeds; near 1 means another batch of labels "
+        "barely changed the model.",
+        "",
+    ]
+    header = ["strategy", *[f"n={n}" for n in budgets]]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] * len(header)) + "|")
+    for (label, schedule), group in measured.groupby(["label", "schedule"], sort=False):
+        by_n = {int(row.n_labelled): row for row in group.itertuples()}
+        cells = [_curve_label(str(label), str(schedule), schedules)]
+        for n in budgets:
+            row = by_n.get(n)
+            cells.append(_cell(row.agreement_mean, row.agreement_std) if row else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
