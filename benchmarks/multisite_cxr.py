@@ -69,7 +69,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -526,7 +526,17 @@ def cell_summary(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "steps": fit.get("steps"),
         "train_seconds": fit.get("train_seconds"),
         "seconds": seconds,
+        "pool_agreement": _finite(manifest.get("pool_agreement")),
+        "pool_agreement_items": manifest.get("pool_agreement_items"),
     }
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing or not finite."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -747,6 +757,244 @@ def _progress_hooks(total_left: int, cell_seconds: float) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
+# Label-free stopping signal (issue 15, item 5)
+
+STOP_THRESHOLDS: tuple[float, ...] = (0.95, 0.97, 0.98, 0.99)
+"""Thresholds τ of the stop rule "stop after the first round whose pool agreement ≥ τ"."""
+
+STOP_MAX_MEAN_LOSS = 0.005
+"""The suggested τ is the one with the lowest mean label use whose mean Dice loss (versus going
+on to the last budget) is at most this: 0.005 Dice = 0.5 Dice points."""
+
+MIN_CORRELATION_POINTS = 5
+"""Fewer (strategy, seed, round) points than this: no correlation is reported."""
+
+MIN_STOP_RUNS = 3
+"""Fewer complete runs with the signal than this: the stop rule is tabulated but no τ suggested."""
+
+RunCells = dict[tuple[str, int], list[dict[str, Any] | None]]
+
+
+def run_cells(state: Mapping[str, Any], plan: Plan) -> RunCells:
+    """(strategy, seed) → its cells in budget order (None where the round is not finished)."""
+    runs: RunCells = {}
+    for spec in plan.strategies:
+        label = strategy_label(spec)
+        for seed in plan.seeds:
+            runs[(label, seed)] = [state["cells"].get((label, n, seed)) for n in plan.sizes]
+    return runs
+
+
+def _dice(cell: Mapping[str, Any] | None) -> float | None:
+    return None if cell is None else _finite(cell["dice_mean"])
+
+
+def signal_points(runs: RunCells, sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """One point per (strategy, seed, round r ≥ 1) whose rounds r−1 and r are finished.
+
+    ``agreement`` is round r's ``pool_agreement`` (None where the manifest predates it),
+    ``gain`` is Dice_r − Dice_{r−1}, ``remaining_gain`` Dice_last − Dice_r (None until the run's
+    last round is finished).
+    """
+    points: list[dict[str, Any]] = []
+    for (label, seed), cells in runs.items():
+        last = _dice(cells[-1])
+        for r in range(1, len(cells)):
+            now, before = _dice(cells[r]), _dice(cells[r - 1])
+            if now is None or before is None:
+                continue
+            current = cells[r] or {}
+            points.append(
+                {
+                    "strategy": label,
+                    "seed": seed,
+                    "round": r,
+                    "n_labelled": sizes[r],
+                    "agreement": current.get("pool_agreement"),
+                    "agreement_items": current.get("pool_agreement_items"),
+                    "gain": now - before,
+                    "remaining_gain": None if last is None else last - now,
+                }
+            )
+    return points
+
+
+def _stat(values: Sequence[float | None], digits: int = 5) -> dict[str, Any]:
+    """``{"mean", "std", "n"}`` of the finite values (std None below two values)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    mean, std = _mean_std(finite)
+    return {"mean": _r(mean, digits), "std": _r(std, digits), "n": len(finite)}
+
+
+def signal_by_round(points: Sequence[Mapping[str, Any]], runs: RunCells) -> list[dict[str, Any]]:
+    """Per strategy × round (r ≥ 1): agreement, gain and remaining gain over the seeds that have
+    an agreement (so the three columns describe the same runs)."""
+    rows = []
+    for label in dict.fromkeys(key[0] for key in runs):
+        for r in sorted({p["round"] for p in points}):
+            group = [
+                p
+                for p in points
+                if p["strategy"] == label and p["round"] == r and p["agreement"] is not None
+            ]
+            if not group:
+                continue
+            rows.append(
+                {
+                    "strategy": label,
+                    "round": r,
+                    "n_labelled": group[0]["n_labelled"],
+                    "seeds": sorted(p["seed"] for p in group),
+                    "agreement": _stat([p["agreement"] for p in group]),
+                    "gain": _stat([p["gain"] for p in group]),
+                    "remaining_gain": _stat([p["remaining_gain"] for p in group]),
+                }
+            )
+    return rows
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    """Spearman's ρ and its two-sided p-value (scipy), or None values with the reason."""
+    import warnings
+
+    from scipy.stats import spearmanr
+
+    result: dict[str, Any] = {"n_points": len(x), "rho": None, "p_value": None, "note": None}
+    if len(x) < MIN_CORRELATION_POINTS:
+        result["note"] = f"fewer than {MIN_CORRELATION_POINTS} points"
+        return result
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: scipy warns and returns nan
+        rho, p_value = spearmanr(x, y)
+    if not math.isfinite(float(rho)):
+        result["note"] = "undefined (a constant variable)"
+        return result
+    result.update(rho=_r(float(rho), 3), p_value=_r(float(p_value), 4))
+    return result
+
+
+def signal_correlations(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Spearman between agreement and the round's gain, and the remaining gain, over points."""
+    paired = [p for p in points if p["agreement"] is not None]
+    remaining = [p for p in paired if p["remaining_gain"] is not None]
+    return {
+        "gain": spearman([p["agreement"] for p in paired], [p["gain"] for p in paired]),
+        "remaining_gain": spearman(
+            [p["agreement"] for p in remaining], [p["remaining_gain"] for p in remaining]
+        ),
+    }
+
+
+def stop_runs(runs: RunCells) -> tuple[dict[tuple[str, int], list[dict[str, Any]]], int, int]:
+    """Runs the stop rule can be evaluated on (every round finished with a Dice, every round
+    r ≥ 1 with an agreement), and the counts of unfinished runs and finished runs without one."""
+    usable: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    unfinished = without_signal = 0
+    for key, cells in runs.items():
+        if any(_dice(c) is None for c in cells):
+            unfinished += 1
+        elif any(c is not None and c.get("pool_agreement") is None for c in cells[1:]):
+            without_signal += 1
+        else:
+            usable[key] = [c for c in cells if c is not None]
+    return usable, unfinished, without_signal
+
+
+def stop_round(cells: Sequence[Mapping[str, Any]], threshold: float) -> int:
+    """Index of the first round r ≥ 1 whose agreement ≥ τ; the last round when none is."""
+    for r in range(1, len(cells)):
+        if float(cells[r]["pool_agreement"]) >= threshold:
+            return r
+    return len(cells) - 1
+
+
+def stop_outcomes(
+    usable: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]],
+    sizes: Sequence[int],
+    choose: Callable[[Sequence[Mapping[str, Any]]], int],
+) -> dict[str, Any]:
+    """Labels used (% of the last budget) and Dice lost versus the last budget when each run stops
+    at round ``choose(cells)``; the loss is signed (stopping early can score higher by noise)."""
+    used: list[float] = []
+    lost: list[float] = []
+    early = 0
+    for cells in usable.values():
+        r = choose(cells)
+        early += r < len(cells) - 1
+        used.append(100 * sizes[r] / sizes[-1])
+        lost.append(float(cells[-1]["dice_mean"]) - float(cells[r]["dice_mean"]))
+    return {
+        "n_runs": len(used),
+        "n_stopped_early": early,
+        "labels_pct_mean": _r(statistics.fmean(used), 1) if used else None,
+        "loss_mean": _r(statistics.fmean(lost), 5) if lost else None,
+        "loss_worst": _r(max(lost), 5) if lost else None,
+    }
+
+
+def suggest_threshold(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The τ row with the lowest mean label use among those with mean loss ≤
+    :data:`STOP_MAX_MEAN_LOSS` (ties: the smaller worst loss, then the larger τ)."""
+    ok = [r for r in rows if r["loss_mean"] is not None and r["loss_mean"] <= STOP_MAX_MEAN_LOSS]
+    if not ok:
+        return None
+    return dict(min(ok, key=lambda r: (r["labels_pct_mean"], r["loss_worst"], -r["threshold"])))
+
+
+def stop_rule(runs: RunCells, sizes: Sequence[int]) -> dict[str, Any]:
+    """The τ grid and the fixed-budget baselines on the same runs, and the suggested τ."""
+    usable, unfinished, without_signal = stop_runs(runs)
+    thresholds = [
+        {"threshold": t, **stop_outcomes(usable, sizes, lambda c, t=t: stop_round(c, t))}
+        for t in STOP_THRESHOLDS
+    ]
+    fixed = [
+        {"n_labelled": n, **stop_outcomes(usable, sizes, lambda c, r=r: r)}
+        for r, n in enumerate(sizes)
+    ]
+    enough = len(usable) >= MIN_STOP_RUNS
+    cheapest_fixed = suggest_threshold([{**row, "threshold": 0.0} for row in fixed])
+    return {
+        "runs_used": len(usable),
+        "runs_unfinished": unfinished,
+        "runs_without_agreement": without_signal,
+        "runs": sorted(f"{label} seed {seed}" for label, seed in usable),
+        "thresholds": thresholds,
+        "fixed_budgets": fixed,
+        "selection_rule": (
+            f"lowest mean label use with mean Dice loss ≤ {STOP_MAX_MEAN_LOSS} "
+            f"({100 * STOP_MAX_MEAN_LOSS:g} Dice points); ties: smaller worst loss, larger τ"
+        ),
+        "suggested": suggest_threshold(thresholds) if enough else None,
+        "cheapest_fixed_budget": cheapest_fixed if enough else None,
+        "enough_runs": enough,
+    }
+
+
+def stopping_signal(state: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    """The label-free stopping signal against the true learning curve, from the cells alone."""
+    runs = run_cells(state, plan)
+    points = signal_points(runs, plan.sizes)
+    with_signal = [p for p in points if p["agreement"] is not None]
+    return {
+        "definition": (
+            "pool_agreement of round r: mean Dice between the argmax predictions of the round "
+            "r−1 and round r models on the items still unlabelled after round r "
+            "(alframe.loop.pool_agreement); gain: Dice_r − Dice_{r−1}; remaining gain: "
+            "Dice_last − Dice_r (mean Dice over all test images, 0–1 scale)"
+        ),
+        "n_points": len(with_signal),
+        "n_points_without_agreement": len(points) - len(with_signal),
+        "by_round": signal_by_round(points, runs),
+        "correlation": signal_correlations(points),
+        "stop_rule": stop_rule(runs, plan.sizes) if len(plan.sizes) > 1 else None,
+        "points": [
+            {k: (_r(v, 5) if isinstance(v, float) else v) for k, v in p.items()} for p in points
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
 # Report
 
 
@@ -760,7 +1008,8 @@ def build_report(
     run_dir: Path,
     smoke: bool,
 ) -> dict[str, Any]:
-    """The JSON document: protocol, per strategy × budget results, reference, timing."""
+    """The JSON document: protocol, per strategy × budget results, reference, the label-free
+    stopping signal, timing."""
     import torch
 
     from alframe.loop.state import package_versions
@@ -819,6 +1068,7 @@ def build_report(
         },
         "results": results,
         "full_reference": reference,
+        "stopping_signal": stopping_signal(state, plan),
         "timing": {
             "wall_seconds_this_invocation": _r(seconds, 1),
             "estimate": {k: (_r(v, 2) if isinstance(v, float) else v) for k, v in guess.items()},
@@ -846,8 +1096,153 @@ def _missing_summary(missing: Sequence[str], limit: int = 12) -> str:
     return shown + (f"; … and {len(missing) - limit} more" if len(missing) > limit else "")
 
 
+def _pts(mean: float | None, std: float | None = None) -> str:
+    """A Dice difference in Dice points (×100), signed, with its std when there is one."""
+    if mean is None:
+        return "–"
+    text = f"{100 * mean:+.2f}"
+    return text + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def _rho(corr: Mapping[str, Any]) -> str:
+    if corr["rho"] is None:
+        return f"not reported ({corr['note']}; {corr['n_points']} points)"
+    return f"ρ = {corr['rho']:+.3f} (p = {corr['p_value']:.3g}, {corr['n_points']} points)"
+
+
+def _signal_round_lines(signal: Mapping[str, Any], last: int) -> list[str]:
+    """The per strategy × round table and the correlations."""
+    lines = [
+        f"| strategy | labels | seeds | pool agreement | gain of the round (pts) "
+        f"| remaining gain to {last} (pts) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in signal["by_round"]:
+        agreement = _pm(row["agreement"]["mean"], row["agreement"]["std"])
+        gain, left = row["gain"], row["remaining_gain"]
+        remaining = "0 (last)" if row["n_labelled"] == last else _pts(left["mean"], left["std"])
+        lines.append(
+            f"| {row['strategy']} | {row['n_labelled']} | {len(row['seeds'])} | {agreement} | "
+            f"{_pts(gain['mean'], gain['std'])} | {remaining} |"
+        )
+    corr = signal["correlation"]
+    text = (
+        "Spearman over all (strategy, seed, round) points, every round pooled (a useful signal "
+        "is negative: high agreement, little gain): agreement vs the round's gain "
+        f"{_rho(corr['gain'])}; agreement vs the remaining gain {_rho(corr['remaining_gain'])}."
+    )
+    if corr["gain"]["rho"] is not None or corr["remaining_gain"]["rho"] is not None:
+        text += (
+            " Points of one run, and strategies that share a cold start, are not independent, "
+            "so the p-values are optimistic."
+        )
+    return [*lines, "", text]
+
+
+def _stop_table_lines(stop: Mapping[str, Any], sizes: Sequence[int]) -> list[str]:
+    """The τ grid next to the fixed-budget baselines."""
+    lines = [
+        f"| rule | runs | stopped early | labels (% of {sizes[-1]}) | mean loss (pts) "
+        "| worst loss (pts) |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [(f"agreement ≥ {r['threshold']:g}", r) for r in stop["thresholds"]]
+    rows += [(f"always stop at {r['n_labelled']} labels", r) for r in stop["fixed_budgets"]]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {r['n_runs']} | {r['n_stopped_early']} | {r['labels_pct_mean']:.1f} | "
+            f"{_pts(r['loss_mean'])} | {_pts(r['loss_worst'])} |"
+        )
+    return lines
+
+
+def _stop_verdict(stop: Mapping[str, Any]) -> str:
+    """The suggested τ (by the stated rule) and how it compares with a fixed budget."""
+    if not stop["enough_runs"]:
+        return f"Too few runs ({stop['runs_used']} < {MIN_STOP_RUNS}) to suggest a threshold."
+    best, fixed = stop["suggested"], stop["cheapest_fixed_budget"]
+    if best is None:
+        return f"No τ of the grid meets the rule ({stop['selection_rule']})."
+    text = (
+        f"Suggested: **τ = {best['threshold']:g}** ({stop['selection_rule']}): "
+        f"{best['labels_pct_mean']:.1f} % of the labels for a mean loss of "
+        f"{_pts(best['loss_mean'])} Dice points (worst run {_pts(best['loss_worst'])})."
+    )
+    if fixed is not None:
+        beats = best["labels_pct_mean"] < fixed["labels_pct_mean"]
+        text += (
+            f" The cheapest fixed budget under the same rule is {fixed['n_labelled']} labels "
+            f"({fixed['labels_pct_mean']:.1f} %, mean loss {_pts(fixed['loss_mean'])}), so on "
+            "these runs the signal "
+            + ("saves labels over a fixed budget." if beats else "does not beat a fixed budget.")
+        )
+    return text
+
+
+def _stop_rule_lines(stop: Mapping[str, Any] | None, sizes: Sequence[int]) -> list[str]:
+    """The stop-rule subsection."""
+    if stop is None:
+        return ["The stop rule needs at least two budgets (rounds)."]
+    if not stop["runs_used"]:
+        return [
+            "Stop rule: no run has every round finished with an agreement yet "
+            f"({stop['runs_unfinished']} unfinished, {stop['runs_without_agreement']} without "
+            "an agreement)."
+        ]
+    early = ", ".join(str(n) for n in sizes[1:-1]) or "none"
+    return [
+        f"**Stop rule** “stop after the first round whose agreement ≥ τ”, on the "
+        f"{stop['runs_used']} runs whose every round is finished and carries an agreement "
+        f"({stop['runs_unfinished']} unfinished and {stop['runs_without_agreement']} without an "
+        "agreement left out). Labels: at the stop, as % of the last budget, mean over runs. Loss: "
+        "Dice(last) − Dice at the stop in Dice points, mean and worst over runs (a run that never "
+        "stops uses every label and loses 0; a negative loss means stopping early scored higher, "
+        "by noise). The fixed budgets are the baselines on the same runs.",
+        "",
+        *_stop_table_lines(stop, sizes),
+        "",
+        _stop_verdict(stop),
+        "",
+        f"A coarse test: with {len(sizes)} rounds per run the rule can stop early only at "
+        f"{early} labels or run on to {sizes[-1]}, and τ is picked on the same runs it is "
+        "scored on (in-sample), so its loss is optimistic.",
+    ]
+
+
+def _signal_lines(signal: Mapping[str, Any] | None, sizes: Sequence[int]) -> list[str]:
+    """The "Label-free stopping signal" section of the page."""
+    if signal is None:
+        return []
+    if len(sizes) < 2:
+        return [
+            "## Label-free stopping signal",
+            "",
+            "The pool agreement compares consecutive rounds: it needs at least two budgets.",
+            "",
+        ]
+    lines = [
+        "## Label-free stopping signal",
+        "",
+        "**Pool agreement** of round r: mean Dice between the round r−1 and round r models' "
+        "argmax predictions on the images still unlabelled after round r (needs no labels; "
+        "`alframe.loop.pool_agreement`). Next to it, from the test labels it never sees: the "
+        "round's **gain** (mean Dice(r) − Dice(r−1)) and the **remaining gain** to the last "
+        "budget (Dice(last) − Dice(r)), in Dice points (×100); mean ± std over the seeds that have "
+        f"an agreement. From the cached round manifests: {signal['n_points']} (strategy, seed, "
+        f"round ≥ 1) point(s) with an agreement; {signal['n_points_without_agreement']} "
+        "finished point(s) without one (manifests written before the signal existed) left out.",
+        "",
+    ]
+    if signal["n_points"]:
+        lines += _signal_round_lines(signal, sizes[-1])
+    else:
+        lines.append("No finished round carries a pool agreement yet.")
+    return [*lines, "", *_stop_rule_lines(signal["stop_rule"], sizes), ""]
+
+
 def build_markdown(report: Mapping[str, Any]) -> str:
-    """The page: status, protocol, the strategy × budget tables, notes and timing."""
+    """The page: status, protocol, the strategy × budget tables, the label-free stopping
+    signal, notes and timing."""
     p = report["protocol"]
     counts = p["composition"]
     lines = [
@@ -966,8 +1361,8 @@ def build_markdown(report: Mapping[str, Any]) -> str:
     timing = report["timing"]
     guess = timing["estimate"]
     env = report["environment"]
+    lines += ["", *_signal_lines(report.get("stopping_signal"), p["budget_sizes"])]
     lines += [
-        "",
         "Notes: the cold-start rounds of entropy and margin pick with the same seed as the random "
         "arm and train with the same seed, so they repeat random's first cell. XSSR and CoreSet "
         "picks depend on the embedding only (one MAE), so their spread over seeds is training "
