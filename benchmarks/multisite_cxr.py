@@ -1277,7 +1277,17 @@ def build_markdown(report: Mapping[str, Any]) -> str:
         f"every site. MAE source (`{p['mae_source']}`): train-split images outside the pool, "
         "stored without masks; the one MAE (seed 0, "
         f"{p['mae_epochs']} epochs, patch {p['mae_patch_size']} px) gives the embeddings of "
-        "XSSR, CoreSet and TypiClust.",
+        "XSSR, CoreSet and TypiClust."
+        + (
+            f" Its neighbour contrast on the pool (`alframe.scoring.structure`; ≈ 0 = no "
+            f"neighbour structure, `alframe select` hints below "
+            f"{report['embedding_contrast']['threshold']}): "
+            f"**{report['embedding_contrast']['contrast']:.2f}** (nearest-neighbour / random-pair "
+            f"distance {report['embedding_contrast']['ratio']:.3f}, shuffled "
+            f"{report['embedding_contrast']['shuffled_ratio']:.3f})."
+            if report.get("embedding_contrast")
+            else ""
+        ),
         "",
         f"Training: {p['image_size']}×{p['image_size']} (a 2-CPU-core budget), {p['model']} "
         f"from scratch every round, {p['steps_per_round']} steps at batch "
@@ -1552,8 +1562,28 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 130
     report = build_report(protocol, composition, plan, state, guess, seconds, run_dir, args.smoke)
+    report["embedding_contrast"] = embedding_contrast(recipe)
     write_report(report, docs, NAME)
     return 0
+
+
+def embedding_contrast(recipe: Any) -> dict[str, Any] | None:
+    """The label-free neighbour contrast of the MAE's pool embedding (None before the MAE)."""
+    from alframe.embed import embed_pool
+    from alframe.embed.pipeline import mae_checkpoint_path
+    from alframe.scoring.structure import LOW_CONTRAST, neighbour_contrast
+
+    if not mae_checkpoint_path(recipe).exists():
+        return None
+    pool = embed_pool(recipe, which="pool", progress=False)
+    result = neighbour_contrast(pool.embeddings, seed=recipe.seed)
+    return {
+        "contrast": result.contrast,
+        "ratio": result.ratio,
+        "shuffled_ratio": result.shuffled_ratio,
+        "n_items": result.n_items,
+        "threshold": LOW_CONTRAST,
+    }
 
 
 if __name__ == "__main__":

@@ -143,3 +143,27 @@ def test_select_without_mae_says_what_to_do(
     )
     assert code == 2
     assert "alframe embed train-mae" in capsys.readouterr().err
+
+
+def test_select_hints_exactly_when_the_embedding_barely_separates_the_pool(
+    workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alframe.config import load_recipe
+    from alframe.embed import embed_pool
+    from alframe.scoring import structure
+
+    recipe_path = str(workspace / "r.yaml")
+    pool = embed_pool(load_recipe(recipe_path), which="pool", progress=False)
+    measured = structure.neighbour_contrast(pool.embeddings, seed=load_recipe(recipe_path).seed)
+    capsys.readouterr()
+    out = workspace / "hint.csv"
+    assert main(["select", "--recipe", recipe_path, "-b", "3", "-o", str(out)]) == 0
+    assert ("hint: the embedding barely separates" in capsys.readouterr().out) == measured.low
+    # The other branch, whatever this tiny MAE gives: a structureless measurement.
+    flat = structure.NeighbourContrast(0.05, 0.9, 0.95, 12)
+    monkeypatch.setattr(structure, "neighbour_contrast", lambda *a, **k: flat)
+    assert main(["select", "--recipe", recipe_path, "-b", "3", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "hint: the embedding barely separates the pool (neighbour contrast 0.05" in printed
+    assert main(["select", "--recipe", recipe_path, "-b", "3", "-s", "random", "-o", str(out)]) == 0
+    assert "hint:" not in capsys.readouterr().out  # random uses no embedding

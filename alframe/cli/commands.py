@@ -124,4 +124,14 @@ def cmd_select(args: argparse.Namespace) -> int:
         f"{result.strategy}: selected {len(result.selection.indices)} of {len(result.ids)}{extra}"
     )
     print(f"written to {path}")
+    contrast = result.contrast
+    if contrast is not None and contrast.low:
+        from alframe.scoring.structure import LOW_CONTRAST
+
+        print(
+            f"hint: the embedding barely separates the pool (neighbour contrast "
+            f"{contrast.contrast:.2f} < {LOW_CONTRAST}: nearest neighbours are hardly closer than in a "
+            "shuffled copy), so embedding-based picks are close to random; train the MAE longer "
+            "or on more images (alframe embed train-mae), or use random / an uncertainty strategy"
+        )
     return 0

@@ -24,12 +24,15 @@ class SelectionResult:
         selection: the strategy's :class:`~alframe.types.Selection`.
         strategy: the strategy name.
         embedding_hash: hash of the encoder weights the embeddings came from (None if unused).
+        contrast: the pool embedding's neighbour contrast
+            (:func:`alframe.scoring.structure.neighbour_contrast`; None if unused).
     """
 
     ids: list[str]
     selection: Any
     strategy: str
     embedding_hash: str | None
+    contrast: Any = None
 
 
 def read_id_list(path: str | os.PathLike[str], pool_ids: list[str]) -> np.ndarray:
@@ -141,6 +144,7 @@ def select_from_recipe(
 
     context: dict[str, Any] = {"labelled": mask, "seed": recipe.seed, "ids": ids}
     embedding_hash = None
+    contrast = None
     if "embeddings" in requires or "source_embeddings" in requires:
         # Imported here: embedding pulls in torch, which strategies without embeddings skip.
         from alframe.embed import embed_pool
@@ -152,6 +156,10 @@ def select_from_recipe(
             )
         context["embeddings"] = pool.embeddings
         embedding_hash = pool.weights_hash
+        if len(ids) >= 3:
+            from alframe.scoring.structure import neighbour_contrast
+
+            contrast = neighbour_contrast(pool.embeddings, seed=recipe.seed)
     else:
         context["embeddings"] = np.zeros((len(ids), 1), dtype=np.float32)
     if "source_embeddings" in requires and recipe.data.source is not None:
@@ -162,7 +170,11 @@ def select_from_recipe(
         context["probabilities"] = pool_probabilities(recipe, checkpoint, pool_samples)
     selection = chosen.select(QueryContext(**context), budget)
     return SelectionResult(
-        ids=ids, selection=selection, strategy=name, embedding_hash=embedding_hash
+        ids=ids,
+        selection=selection,
+        strategy=name,
+        embedding_hash=embedding_hash,
+        contrast=contrast,
     )
 
 
