@@ -1085,6 +1085,20 @@ def build_report(
     }
 
 
+def worst_site_cell(row: Mapping[str, Any]) -> str:
+    """Which site was the worst, over the seeds: ``"JSRT 1, Montgomery 2"``."""
+    return ", ".join(
+        f"{SITE_TITLES.get(s, s)} {n}" for s, n in sorted(row["worst_site_counts"].items())
+    )
+
+
+def pct_of_full_cell(row: Mapping[str, Any]) -> str:
+    """``"mean % / worst-site %"`` of the full-data reference, or a dash without one."""
+    if row.get("pct_of_full") is None:
+        return "–"
+    return f"{row['pct_of_full']:.1f} / {row['worst_site_pct_of_full']:.1f}"
+
+
 def _pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "–"
@@ -1320,14 +1334,8 @@ def build_markdown(report: Mapping[str, Any]) -> str:
             if not row["n_seeds"]:
                 lines.append(f"| {label} | {size} | 0 | – | – | – | – |")
                 continue
-            which = ", ".join(
-                f"{SITE_TITLES.get(s, s)} {n}" for s, n in sorted(row["worst_site_counts"].items())
-            )
-            pct = (
-                f"{row['pct_of_full']:.1f} / {row['worst_site_pct_of_full']:.1f}"
-                if row.get("pct_of_full") is not None
-                else "–"
-            )
+            which = worst_site_cell(row)
+            pct = pct_of_full_cell(row)
             picks = " / ".join(f"{row['picks_mean'][s]:g}" for s in SITES)
             cold = " (cold start)" if row["cold_start"] else ""
             lines.append(
@@ -1510,15 +1518,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from alframe.embed.pipeline import mae_checkpoint_path
 
-    state = collect(run_dir, plan)
-    guess = estimate(
-        protocol,
-        plan,
-        state,
-        measured_rates(state, mae_timing()),
-        mae_checkpoint_path(recipe).exists(),
-    )
-    _print_estimate(protocol, plan, guess)
+    def refresh() -> tuple[dict[str, Any], dict[str, Any]]:
+        """The finished cells and the time estimate, printed (before and after training)."""
+        cells = collect(run_dir, plan)
+        rates = measured_rates(cells, mae_timing())
+        estimated = estimate(protocol, plan, cells, rates, mae_checkpoint_path(recipe).exists())
+        _print_estimate(protocol, plan, estimated)
+        return cells, estimated
+
+    state, guess = refresh()
 
     seconds = None
     if not args.report_only and state["missing"]:
@@ -1543,15 +1551,7 @@ def main(argv: list[str] | None = None) -> int:
             interrupted = True
             print("interrupted: finished cells are kept; rerun the same command to continue")
         seconds = time.perf_counter() - started
-        state = collect(run_dir, plan)
-        guess = estimate(
-            protocol,
-            plan,
-            state,
-            measured_rates(state, mae_timing()),
-            mae_checkpoint_path(recipe).exists(),
-        )
-        _print_estimate(protocol, plan, guess)
+        state, guess = refresh()
         if interrupted:
             write_report(
                 build_report(

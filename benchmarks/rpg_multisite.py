@@ -578,14 +578,8 @@ def build_markdown(report: Mapping[str, Any]) -> str:
         if not row["n_seeds"]:
             lines.append(f"| {size} | {row['arm']} | 0 | – | – | – | – | – | – | – | – |")
             continue
-        which = ", ".join(
-            f"{ms.SITE_TITLES.get(x, x)} {n}" for x, n in sorted(row["worst_site_counts"].items())
-        )
-        pct = (
-            f"{row['pct_of_full']:.1f} / {row['worst_site_pct_of_full']:.1f}"
-            if row.get("pct_of_full") is not None
-            else "–"
-        )
+        which = ms.worst_site_cell(row)
+        pct = ms.pct_of_full_cell(row)
         lines.append(
             f"| {size} | {row['arm']} | {row['n_seeds']} | "
             f"{_pm({'mean': row['dice_mean'], 'std': row['dice_std']})} | "
