@@ -1069,6 +1069,8 @@ def build_report(
         "results": results,
         "full_reference": reference,
         "stopping_signal": stopping_signal(state, plan),
+        "goal_check": goal_check(results),
+        "mae_seed_check": None if smoke else mae_seed_check(run_dir.parent, plan),
         "timing": {
             "wall_seconds_this_invocation": _r(seconds, 1),
             "estimate": {k: (_r(v, 2) if isinstance(v, float) else v) for k, v in guess.items()},
@@ -1083,6 +1085,184 @@ def build_report(
         },
         "run_dir": _relative(run_dir),
     }
+
+
+GOAL_BUDGET = 0.05
+GOAL_WORST_SITE_GAIN = 0.01
+"""Issue 15's goal: at 5 % labels, ≥ 1 Dice point over random on the worst site."""
+
+
+def goal_check(results: Mapping[str, Any], baseline: str = "random") -> list[dict[str, Any]]:
+    """Each strategy against ``baseline``: the worst-site gain at :data:`GOAL_BUDGET` and, at
+    every budget, whether its mean Dice falls below the baseline's beyond seed noise.
+
+    "Beyond seed noise" = the mean difference is below minus the larger of the two stds over
+    seeds (a single-seed cell has no std and is never judged as noise-free evidence).
+
+    Args:
+        results: ``report["results"]`` (label → ``{"budgets": rows}``).
+        baseline: the label compared against.
+
+    Returns:
+        One row per strategy other than the baseline, in ``results`` order.
+    """
+    if baseline not in results:
+        return []
+    base_rows = {row["n_labelled"]: row for row in results[baseline]["budgets"]}
+    checks = []
+    for label, entry in results.items():
+        if label == baseline:
+            continue
+        budgets = []
+        for row in entry["budgets"]:
+            base = base_rows.get(row["n_labelled"])
+            if not row["n_seeds"] or not base or not base["n_seeds"]:
+                continue
+            noise = max(s for s in (row["dice_std"], base["dice_std"], 0.0) if s is not None)
+            mean_gain = row["dice_mean"] - base["dice_mean"]
+            budgets.append(
+                {
+                    "n_labelled": row["n_labelled"],
+                    "budget_fraction": row["budget_fraction"],
+                    "n_seeds": min(row["n_seeds"], base["n_seeds"]),
+                    "mean_gain": _r(mean_gain, 5),
+                    "worst_site_gain": _r(
+                        row["worst_site_dice_mean"] - base["worst_site_dice_mean"], 5
+                    ),
+                    "seed_noise": _r(noise, 5),
+                    "below_baseline": bool(mean_gain < -noise),
+                }
+            )
+        at_goal = next(
+            (b for b in budgets if math.isclose(b["budget_fraction"], GOAL_BUDGET)), None
+        )
+        checks.append(
+            {
+                "label": label,
+                "budgets": budgets,
+                "worst_site_gain_at_goal": None if at_goal is None else at_goal["worst_site_gain"],
+                "never_below": all(not b["below_baseline"] for b in budgets),
+                "goal_met": bool(
+                    at_goal is not None
+                    and at_goal["worst_site_gain"] is not None
+                    and at_goal["worst_site_gain"] >= GOAL_WORST_SITE_GAIN - 5e-5
+                    and all(not b["below_baseline"] for b in budgets)
+                ),
+            }
+        )
+    return checks
+
+
+def _goal_lines(checks: Sequence[Mapping[str, Any]], sizes: Sequence[int]) -> list[str]:
+    if not checks:
+        return []
+    lines = [
+        "## Goal check (issue 15): against random",
+        "",
+        f"Goal: at {100 * GOAL_BUDGET:g} % labels, ≥ {100 * GOAL_WORST_SITE_GAIN:g} Dice point "
+        "over random on the worst site, and mean Dice never below random beyond seed noise "
+        "(a mean difference below minus the larger std over seeds) at any budget. Cells: mean "
+        "gain / worst-site gain in Dice points; ✗ marks a mean below random beyond noise.",
+        "",
+        "| strategy | " + " | ".join(f"{n} labels" for n in sizes) + " | goal |",
+        "|---|" + "---|" * len(sizes) + "---|",
+    ]
+    for check in checks:
+        by_size = {b["n_labelled"]: b for b in check["budgets"]}
+        cells = []
+        for n in sizes:
+            b = by_size.get(n)
+            if b is None:
+                cells.append("–")
+                continue
+            mark = " ✗" if b["below_baseline"] else ""
+            cells.append(f"{_pts(b['mean_gain'])} / {_pts(b['worst_site_gain'])}{mark}")
+        verdict = "**met**" if check["goal_met"] else "not met"
+        lines.append(f"| {check['label']} | " + " | ".join(cells) + f" | {verdict} |")
+    lines.append("")
+    return lines
+
+
+MAE_SEED_FOLDER = "mae_seed{seed}"
+"""Work folders (beside the main one) of the MAE-seed check: the same protocol with the recipe
+seed (hence the MAE's seed) set to ``seed``, running ``xssr_add`` with training seed ``seed``."""
+
+
+def mae_seed_check(work: Path, plan: Plan, label: str = "xssr_add") -> dict[str, Any] | None:
+    """``label`` with one MAE per seed (from the :data:`MAE_SEED_FOLDER` folders, seed 0 from
+    the main run) next to the same strategy on the one seed-0 MAE.
+
+    Returns:
+        ``{"seeds": [...], "budgets": [aggregate row per size]}`` or None when no folder exists.
+    """
+    from alframe.loop import load_manifests
+
+    cells: dict[int, list[dict[str, Any]]] = {}
+    seeds = []
+    for seed in plan.seeds:
+        run_dir = work.parent / MAE_SEED_FOLDER.format(seed=seed) / "run"
+        if seed == 0:
+            run_dir = work / "run"  # the main run's MAE is the seed-0 MAE
+        elif not run_dir.is_dir():
+            continue
+        found = False
+        for rounds in load_manifests(run_dir).values():
+            for manifest in rounds:
+                if manifest.get("label") == label and int(manifest["seed"]) == seed:
+                    cell = cell_summary(manifest)
+                    cells.setdefault(cell["n_labelled"], []).append(cell)
+                    found = True
+        if found:
+            seeds.append(seed)
+    if len(seeds) < 2:
+        return None
+    return {
+        "label": label,
+        "seeds": seeds,
+        "budgets": [
+            {"n_labelled": size, **aggregate(cells[size])}
+            for size in plan.sizes
+            if size in cells
+        ],
+    }
+
+
+def _mae_seed_lines(check: Mapping[str, Any] | None, results: Mapping[str, Any]) -> list[str]:
+    if not check:
+        return []
+    label = check["label"]
+    one_mae = {row["n_labelled"]: row for row in results.get(label, {}).get("budgets", [])}
+    random_rows = {row["n_labelled"]: row for row in results.get("random", {}).get("budgets", [])}
+    lines = [
+        f"## Does {label}'s result depend on its MAE?",
+        "",
+        f"XSSR's picks depend only on the embedding, so the main table's {label} seeds share one "
+        "MAE (seed 0) and differ by training noise alone. Here each seed s trains its own MAE "
+        f"(recipe seed s, same archive and epochs) and then runs {label} with training seed s "
+        f"(seeds {check['seeds']}; work folders `{MAE_SEED_FOLDER.format(seed='s')}` beside the "
+        "main one).",
+        "",
+        "| labels | one MAE: mean / worst site | MAE per seed: mean / worst site | picks S / J / M "
+        "(MAE per seed) | random: mean / worst site |",
+        "|---|---|---|---|---|",
+    ]
+
+    def pair(row: Mapping[str, Any] | None) -> str:
+        if not row or not row.get("n_seeds"):
+            return "–"
+        return (
+            f"{_pm(row['dice_mean'], row['dice_std'])} / "
+            f"{_pm(row['worst_site_dice_mean'], row['worst_site_dice_std'])}"
+        )
+
+    for row in check["budgets"]:
+        n = row["n_labelled"]
+        picks = " / ".join(f"{row['picks_mean'][s]:g}" for s in SITES)
+        lines.append(
+            f"| {n} | {pair(one_mae.get(n))} | {pair(row)} | {picks} | {pair(random_rows.get(n))} |"
+        )
+    lines.append("")
+    return lines
 
 
 def worst_site_cell(row: Mapping[str, Any]) -> str:
@@ -1379,6 +1559,8 @@ def build_markdown(report: Mapping[str, Any]) -> str:
     timing = report["timing"]
     guess = timing["estimate"]
     env = report["environment"]
+    lines += ["", *_goal_lines(report.get("goal_check") or [], p["budget_sizes"])]
+    lines += _mae_seed_lines(report.get("mae_seed_check"), report["results"])
     lines += ["", *_signal_lines(report.get("stopping_signal"), p["budget_sizes"])]
     lines += [
         "Notes: the cold-start rounds of entropy and margin pick with the same seed as the random "

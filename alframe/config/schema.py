@@ -307,11 +307,30 @@ class EmbedConfig(_Strict):
 
 
 class SelectConfig(_Strict):
-    """The query strategy and its parameters (see ``alframe.strategies.names()``)."""
+    """The query strategy and its parameters (see ``alframe.strategies.names()``).
 
-    strategy: str = "xssr"
-    params: dict[str, Any] = Field(default_factory=dict)
+    A strategy named without ``params`` gets alframe's recommended parameters
+    (``alframe.strategies.defaults``; for ``xssr``: ``{alpha: auto, combine: add}``, chosen on the
+    multi-site and single-site chest X-ray benchmarks, see docs/strategy_guide.md); ``params``
+    given in the recipe, even ``{}``, are used as written.
+    """
+
+    strategy: str = Field("xssr", description="strategy name (alframe strategies)")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="strategy parameters (absent: the recommended ones)"
+    )
     budget: int | None = Field(None, ge=1, description="default budget for `alframe select`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recommended_params(cls, data: Any) -> Any:
+        # A strategy named without params gets alframe's recommended ones
+        # (alframe.strategies.defaults); explicit params, even {}, are kept as written.
+        from alframe.strategies.defaults import DEFAULT_STRATEGY, recommended_params
+
+        if isinstance(data, dict) and "params" not in data:
+            data = {**data, "params": recommended_params(data.get("strategy", DEFAULT_STRATEGY))}
+        return data
 
 
 class RPGConfig(_Strict):

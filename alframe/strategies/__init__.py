@@ -25,6 +25,7 @@ from alframe.strategies.base import (
 
 # One line per built-in strategy: importing the module registers it.
 from alframe.strategies.coreset import CoresetStrategy
+from alframe.strategies.defaults import DEFAULT_STRATEGY, recommended_params
 from alframe.strategies.entropy import EntropyStrategy
 from alframe.strategies.margin import MarginStrategy
 from alframe.strategies.random import RandomStrategy
@@ -49,6 +50,7 @@ def names(pattern: str = "*") -> list[str]:
 
 
 __all__ = [
+    "DEFAULT_STRATEGY",
     "STRATEGIES",
     "BudgetClippedWarning",
     "CoresetStrategy",
@@ -64,5 +66,6 @@ __all__ = [
     "create",
     "names",
     "pool_array",
+    "recommended_params",
     "top_unlabelled",
 ]

@@ -105,7 +105,8 @@ def select_from_recipe(
         budget: number of items to select.
         strategy: strategy name; default ``recipe.select.strategy``.
         params: strategy parameters; default ``recipe.select.params`` when ``strategy`` is the
-            recipe's strategy, else none.
+            recipe's strategy, else the recommended ones
+            (:func:`alframe.strategies.defaults.recommended_params`).
         labelled: optional file of already-labelled ids.
         checkpoint: segmentation checkpoint for uncertainty strategies.
         labelled_ids: ids already labelled (or already selected), instead of or in addition
@@ -121,7 +122,11 @@ def select_from_recipe(
     name = strategy or recipe.select.strategy
     if params is None:
         # The recipe's parameters belong to the recipe's strategy, not to one named on the CLI.
-        params = recipe.select.params if name == recipe.select.strategy else {}
+        params = (
+            recipe.select.params
+            if name == recipe.select.strategy
+            else strategies.recommended_params(name)
+        )
     chosen = strategies.create(name, **params)
     requires = set(getattr(chosen, "requires", {"embeddings"}))
     if "probabilities" in requires and checkpoint is None:
