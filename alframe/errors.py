@@ -25,3 +25,11 @@ class ModelError(AlframeError):
 
 class StateError(AlframeError):
     """A run directory, cache or manifest is inconsistent or stale."""
+
+
+class AlframeNote(UserWarning):
+    """A warning that is news, not a problem (e.g. a budget clipped to the pool).
+
+    Library users get it as an ordinary :class:`UserWarning`; the command line prints it as one
+    plain ``note:`` line instead of Python's warning format with a file name and source line.
+    """

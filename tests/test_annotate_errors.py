@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +19,7 @@ from test_annotate_support import (
     assignments,
     brush_result,
     cases,
+    copy_project,
     encode_brush_rle,
     labelstudio_task,
     make_project,
@@ -394,3 +399,172 @@ def test_import_before_any_round_is_refused(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     with open_project(tmp_path / "p") as opened, pytest.raises(StateError, match="round next"):
         import_labels(opened, tmp_path / "m")
+
+
+# ------------------------------------------------------------------ issue 17: commands, folders
+def _project_with_recipe_budget(tmp_path: Path, budget: int) -> Path:
+    from test_annotate_support import synthetic_recipe
+
+    from alframe.annotate import init_project
+    from alframe.config import recipe_from_dict, recipe_to_dict
+
+    raw = recipe_to_dict(synthetic_recipe(tmp_path))
+    raw["select"]["budget"] = budget
+    init_project(tmp_path / "p", recipe_from_dict(raw))
+    return tmp_path / "p"
+
+
+def test_budget_zero_is_refused_and_opens_no_round(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The recipe has a budget, so a falsy-zero check would silently use it and open a round.
+    project = _project_with_recipe_budget(tmp_path, budget=3)
+    before = state_digest(project)
+    assert main(["round", "next", str(project), "--budget", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--budget 0" in err and "no round was opened" in err
+    assert state_digest(project) == before
+    with open_project(project, write=False) as opened:
+        assert opened.round_numbers() == []
+
+
+def test_a_regular_file_given_as_the_project_is_named_a_file(
+    ctx: Ctx, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alframe.config import dump_recipe, load_recipe
+
+    file = tmp_path / "notes.txt"
+    file.write_text("not a project")
+    recipe_file = tmp_path / "recipe.yaml"
+    with open_project(ctx.project, write=False) as opened:
+        recipe_file.write_text(dump_recipe(opened.recipe))
+    load_recipe(recipe_file)  # the recipe itself is fine
+    assert main(["project", "init", str(file), "--recipe", str(recipe_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a folder" in err
+    assert main(["project", "init", str(file / "sub"), "--recipe", str(recipe_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create the project folder" in err
+    for command in (["round", "status"], ["round", "next"], ["round", "train"]):
+        assert main([*command, str(file)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is a file, not a project folder" in err, err
+        assert "does not exist" not in err
+    assert main(["round", "import", str(file), "--from", str(tmp_path)]) == 2
+    assert "is a file, not a project folder" in capsys.readouterr().err
+    assert file.read_text() == "not a project"
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "alframe.cli.main", *args]
+
+
+def _run_on_read_only(
+    project: Path, commands: list[list[str]]
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run CLI commands while ``project`` cannot be written by them.
+
+    A normal user gets ``chmod -R a-w`` (restored afterwards). Root ignores file modes, so for
+    root the commands run in a private mount namespace where ``project`` is a read-only bind
+    mount (EROFS, which stops root too); where that is impossible the test is skipped.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [project, *project.rglob("*")]}
+        try:
+            for path in modes:
+                path.chmod(modes[path] & ~0o222)
+            return [
+                subprocess.run(_cli(*c), env=env, capture_output=True, text=True, check=False)
+                for c in commands
+            ]
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+    if shutil.which("unshare") is None:
+        pytest.skip("running as root (chmod does not stop root) and `unshare` is not available")
+    mount = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+    probe = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", f"{mount}", str(project), "true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip(
+            "running as root (chmod does not stop root) and no read-only bind mount is possible "
+            f"here: {probe.stderr.strip()}"
+        )
+    return [
+        subprocess.run(
+            ["unshare", "--mount", "sh", "-c", mount, str(project), *_cli(*c)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for c in commands
+    ]
+
+
+def test_read_only_project_reads_and_refuses_writes(ctx: Ctx, tmp_path: Path) -> None:
+    project = copy_project(ctx.project, ctx.tmp / "read_only_project")  # beside the data
+    masks = _bob(ctx, tmp_path, ctx.good())
+    before = state_digest(project)
+    p = str(project)
+    reading = [["round", "status", p], ["round", "status", p, "--json"]]
+    writing = [
+        ["round", "next", p, "--budget", "2"],
+        ["round", "import", p, "--from", str(masks)],
+        ["round", "train", p, "--no-track"],
+        ["round", "pseudolabel", p],
+    ]
+    export = ["export", "nnunet", p, str(tmp_path / "nnunet")]
+    results = _run_on_read_only(project, [*reading, export, *writing])
+    for command, result in zip([*reading, export], results, strict=False):
+        assert result.returncode == 0, (command, result.stderr)
+    with open_project(project, write=False) as opened:
+        pool = len(opened.item_ids())
+    assert f"pool {pool}:" in results[0].stdout
+    assert json.loads(results[1].stdout)["pool"] == pool
+    assert (tmp_path / "nnunet").is_dir()
+    for command, result in zip(writing, results[3:], strict=True):
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.count("\n") == 1, (command, result.stderr)
+        assert "the project is read-only" in result.stderr, (command, result.stderr)
+    assert state_digest(project) == before
+
+
+def test_budget_clipped_to_the_pool_is_one_plain_note(ctx: Ctx, tmp_path: Path) -> None:
+    from alframe.config import dump_recipe
+
+    project = copy_project(ctx.project, ctx.tmp / "clipped_project")  # beside the data
+    recipe = tmp_path / "recipe.yaml"
+    with open_project(project, write=False) as opened:
+        recipe.write_text(dump_recipe(opened.recipe))
+        left = len(opened.item_ids()) - len(opened.store.query("SELECT id FROM selections"))
+        pool = len(opened.item_ids())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    commands = {
+        f"only {left} items were left to select (asked for 500)": _cli(
+            "round", "next", str(project), "--budget", "500"
+        ),
+        f"note: budget 500 exceeds the {pool} unlabelled items; selecting all {pool}": _cli(
+            "select",
+            "--recipe",
+            str(recipe),
+            "--budget",
+            "500",
+            "--strategy",
+            "random",
+            "--out",
+            str(tmp_path / "selection.csv"),
+        ),
+    }
+    for expected, command in commands.items():
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        output = result.stdout + result.stderr
+        assert output.count(expected) == 1, output
+        assert "Warning" not in output and ".py:" not in output, output
+        assert sum("exceeds" in line or "were left" in line for line in output.splitlines()) == 1

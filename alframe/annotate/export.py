@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,7 @@ def next_round(
         ConfigError: bad budget, annotators or overlap; unknown strategy.
         DataError / StateError: nothing left to select, no checkpoint yet, unreadable images.
     """
+    from alframe.strategies import BudgetClippedWarning
     from alframe.workflows.selection import select_from_recipe
 
     if budget < 1:
@@ -184,13 +186,16 @@ def next_round(
             f"all {len(all_ids)} pool items are already selected in earlier rounds; nothing is "
             "left to select — train on the labels (`alframe round train DIR`)"
         )
-    result = select_from_recipe(
-        project.recipe,
-        budget,
-        strategy=strategy,
-        checkpoint=checkpoint_file,
-        labelled_ids=sorted(selected),
-    )
+    with warnings.catch_warnings():
+        # A budget clipped to what is left becomes the note below, not a second warning.
+        warnings.simplefilter("ignore", BudgetClippedWarning)
+        result = select_from_recipe(
+            project.recipe,
+            budget,
+            strategy=strategy,
+            checkpoint=checkpoint_file,
+            labelled_ids=sorted(selected),
+        )
     selection = result.selection
     picked = [result.ids[int(i)] for i in selection.indices]
     notes: list[str] = []

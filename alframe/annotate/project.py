@@ -382,6 +382,11 @@ class Project:
 
 
 def _check_project_dir(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise StateError(
+            f"{root} is a file, not a project folder; pass the folder that `alframe project "
+            "init` created"
+        )
     if not root.is_dir():
         raise StateError(
             f"{root} does not exist; create a project there with "
@@ -408,9 +413,25 @@ def _check_project_dir(root: Path) -> None:
         )
 
 
+def project_is_writable(root: Path) -> bool:
+    """Whether this process may change the project (folder, state store and lock file).
+
+    ``os.access`` asks the kernel the question a write would: it is False for another user's
+    folder and for a read-only mount, and True for root wherever root can write.
+    """
+    paths = [root, root / STATE_FILE]
+    if (root / LOCK_FILE).exists():
+        paths.append(root / LOCK_FILE)
+    return all(os.access(path, os.W_OK) for path in paths)
+
+
 @contextmanager
 def open_project(directory: str | os.PathLike[str], write: bool = True) -> Iterator[Project]:
     """Open a project: take its lock, recover from interrupted commands, yield it.
+
+    A project this process cannot write (another user's folder, a read-only mount) opens for
+    reading only: no lock file is created, nothing is recovered, the state store is opened
+    read-only.
 
     Args:
         directory: the project folder.
@@ -418,21 +439,33 @@ def open_project(directory: str | os.PathLike[str], write: bool = True) -> Itera
             (status) pass False: they still recover when nobody else holds the lock.
 
     Raises:
-        StateError: not a project, or another command holds the lock (``write``).
+        StateError: not a project, the project is read-only (``write``), or another command
+            holds the lock (``write``).
     """
     root = Path(directory)
     _check_project_dir(root)
+    writable = project_is_writable(root)
+    if write and not writable:
+        raise StateError(
+            f"the project is read-only: this user cannot write to {root} (its folder, "
+            f"{STATE_FILE} or {LOCK_FILE}); ask its owner for write access, or copy it "
+            "(cp -r) and work on the copy"
+        )
     lock = ProjectLock(root / LOCK_FILE)
-    locked = lock.acquire()
+    locked = lock.acquire(read_only=not writable)
     if write and not locked:
         raise StateError(
             f"another alframe command is working on {root} (it holds {root / LOCK_FILE}); wait "
             "for it to finish and run this command again"
         )
-    store = StateStore(root / STATE_FILE)
+    try:
+        store = StateStore(root / STATE_FILE, read_only=not writable)
+    except BaseException:
+        lock.release()
+        raise
     try:
         project = Project(root=root, store=store, recipe=load_project_recipe(root))
-        if locked:
+        if locked and writable:
             project.notes = project.recover()
         yield project
     finally:
@@ -499,6 +532,10 @@ def init_project(
             f"{dict(recipe.data.classes)}; choose a value no class uses, e.g. "
             f"{default_ignore_value(class_values)}"
         )
+    if root.exists() and not root.is_dir():
+        raise StateError(
+            f"{root} is a file, not a folder; choose a new or empty folder for the project"
+        )
     if root.exists():
         if (root / PROJECT_FILE).exists():
             raise StateError(
@@ -520,7 +557,17 @@ def init_project(
             f"data.train ({recipe.data.train.dataset}) has no images; point data.train at the "
             "pool of images to label"
         )
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StateError(
+            f"cannot create the project folder {root} ({err.strerror}); choose a folder you can "
+            "write to"
+        ) from None
+    if not os.access(root, os.W_OK):
+        raise StateError(
+            f"{root} is read-only for this user; choose a folder you can write to for the project"
+        )
     cases = case_names([s.id for s in samples])
     data_root = catalog.root.resolve()
     rows = []

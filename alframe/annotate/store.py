@@ -120,12 +120,15 @@ class StateStore:
     Args:
         path: the database file.
         create: create the file and its tables (``project init``); otherwise the file must exist.
+        read_only: open it for reading only (a project this user cannot write).
 
     Raises:
         StateError: the file is missing, not a database of this format, or damaged.
     """
 
-    def __init__(self, path: str | os.PathLike[str], create: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], create: bool = False, read_only: bool = False
+    ) -> None:
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise StateError(
@@ -135,9 +138,19 @@ class StateStore:
         try:
             # isolation_level=None: no implicit transactions; every write goes through
             # transaction() so the commit point is explicit.
-            self.connection = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
+            if read_only:
+                # mode=ro: SQLite never tries to create a journal or change the file.
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                self.connection = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, timeout=30.0
+                )
+            else:
+                self.connection = sqlite3.connect(
+                    str(self.path), isolation_level=None, timeout=30.0
+                )
             self.connection.row_factory = sqlite3.Row
-            self.connection.execute("PRAGMA journal_mode=DELETE")
+            if not read_only:
+                self.connection.execute("PRAGMA journal_mode=DELETE")
             self.connection.execute("PRAGMA synchronous=FULL")
             self.connection.execute("PRAGMA foreign_keys=ON")
             if create:
@@ -224,13 +237,27 @@ class ProjectLock:
         self.path = path
         self._handle: int | None = None
 
-    def acquire(self, wait: bool = False) -> bool:
-        """Take the lock; returns False when another process holds it and ``wait`` is False."""
+    def acquire(self, wait: bool = False, read_only: bool = False) -> bool:
+        """Take the lock; returns False when another process holds it and ``wait`` is False.
+
+        Args:
+            wait: block until the lock is free.
+            read_only: the project cannot be written: use the lock file only if it exists
+                (advisory locks work on read-only handles); False when there is none.
+        """
         try:
             import fcntl
         except ImportError:  # pragma: no cover - no advisory locks (Windows): single user
             return True
-        handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if read_only:
+                handle = os.open(self.path, os.O_RDONLY)
+            else:
+                handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            if read_only:
+                return False
+            raise
         flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
         try:
             fcntl.flock(handle, flags)

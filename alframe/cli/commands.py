@@ -109,7 +109,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from alframe.errors import ConfigError
 
     recipe = load_recipe(args.recipe, args.overrides)
-    budget = args.budget or recipe.select.budget
+    budget = args.budget if args.budget is not None else recipe.select.budget
     if budget is None or budget < 1:
         raise ConfigError("no budget: pass --budget N (N >= 1) or set select.budget in the recipe")
     from alframe.workflows.selection import select_from_recipe, write_selection_csv

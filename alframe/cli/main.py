@@ -15,9 +15,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from alframe import __version__
-from alframe.errors import AlframeError
+from alframe.errors import AlframeError, AlframeNote
 
 EXIT_USER_ERROR = 2
 
@@ -155,6 +156,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # A Lightning-internal deprecation (torch's pytree API) on every run is noise for a user.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    python_show = warnings.showwarning
+
+    def show_notes_plainly(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, AlframeNote):
+            print(f"note: {message}", file=sys.stderr)
+        else:
+            python_show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_notes_plainly
     try:
         return handler(args)
     except AlframeError as err:
@@ -165,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("alframe: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = python_show
 
 
 if __name__ == "__main__":  # pragma: no cover

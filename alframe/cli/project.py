@@ -50,9 +50,15 @@ def cmd_round_next(args: argparse.Namespace) -> int:
     from alframe.annotate import next_round, open_project
     from alframe.errors import ConfigError
 
+    if args.budget is not None and args.budget < 1:
+        raise ConfigError(
+            f"--budget {args.budget}: give the number of items to select (>= 1); no round was "
+            "opened"
+        )
     with open_project(args.dir) as project:
         _notes(project)
-        budget = args.budget or project.recipe.select.budget
+        # `--budget 0` is a value, not "unset": only a missing --budget falls back to the recipe.
+        budget = args.budget if args.budget is not None else project.recipe.select.budget
         if budget is None:
             raise ConfigError("no budget: pass --budget N or set select.budget in the recipe")
         annotators = args.annotators.split(",") if args.annotators else None

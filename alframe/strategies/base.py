@@ -9,12 +9,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from alframe.errors import AlframeError, ConfigError
+from alframe.errors import AlframeError, AlframeNote, ConfigError
 from alframe.registry import Registry
 from alframe.types import QueryContext, Selection
 
 
-class BudgetClippedWarning(UserWarning):
+class BudgetClippedWarning(AlframeNote):
     """The budget exceeded the number of unlabelled items; all of them are selected."""
 
 
