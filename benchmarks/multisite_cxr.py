@@ -103,6 +103,13 @@ DEFAULT_STRATEGIES: tuple[dict[str, Any], ...] = (
 EXTRA_STRATEGIES: list[dict[str, Any]] = [
     {"name": "uncertain-coreset", "params": {"weight_power": 1.0}},
     {"name": "xssr", "label": "xssr_add", "params": {"alpha": "auto", "combine": "add"}},
+    # The same, embedding with the previous round's segmentation encoder from round 2 on.
+    {
+        "name": "xssr",
+        "label": "xssr_add_model",
+        "params": {"alpha": "auto", "combine": "add"},
+        "embedding": "model",
+    },
 ]
 """Hook for improved strategies (issue 15, item 2): append entries here, e.g.
 ``{"name": "xssr", "label": "xssr_add", "params": {"alpha": "auto", "combine": "add"}}``, or

@@ -433,3 +433,30 @@ def test_experiment_needs_its_section_and_known_strategies(workdir: Path, tmp_pa
             make_recipe(workdir, "never", schedules=[{"name": "big", "cumulative": [6, 20]}])
         )
     assert not (workdir / "never").exists()
+
+
+def test_strategy_embeds_with_the_round_model(workdir: Path) -> None:
+    """embedding: model — from round 2 on, CoreSet sees the previous round model's encoder."""
+    recipe = make_recipe(
+        workdir,
+        "model_embedding",
+        strategies=[{"name": "coreset", "embedding": "model"}],
+        full_reference=False,
+    )
+    result = quiet(run_experiment, recipe, track=False)
+    first, second = arm_manifests(result, "coreset")
+    assert first.get("embedding_source") is None and second["embedding_source"] == "model"
+    assert first["embedding_hash"] != second["embedding_hash"]
+    from alframe.data import DataCatalog
+    from alframe.embed import embed_samples
+    from alframe.embed.extract import encoder_from_segmentation
+    from alframe.loop.experiment import pool_samples
+
+    # The hash is the first round model's encoder, embedded through the ordinary pipeline.
+    run = Path(recipe.run_dir) / "runs" / "coreset__budget__seed0"
+    embedder = encoder_from_segmentation(run / first["checkpoint"])
+    samples = pool_samples(recipe, DataCatalog(recipe))
+    assert (
+        embed_samples(recipe, samples, embedder=embedder, progress=False).weights_hash
+        == (second["embedding_hash"])
+    )

@@ -485,3 +485,59 @@ def test_summary_table_means_over_seeds_and_percent_of_full() -> None:
     text = markdown_table(summary_table(results))
     assert "| xssr | 0.750 ± 0.071 (83.3 %) | 0.900 ± 0.000 (100.0 %) | 0.825 ± 0.035 |" in text
     assert "Full-data reference (n=100, 2 seed(s)): Dice 0.900 ± 0.071." in text
+
+
+# -- embeddings from the round model (experiment.strategies[].embedding: model) -----------------
+
+
+def test_model_embedding_replaces_the_recipe_embedding_once_a_model_exists(
+    tmp_path: Path,
+) -> None:
+    from alframe import strategies
+    from alframe.types import QueryContext
+
+    rng = np.random.default_rng(5)
+    recipe_pool = rng.normal(size=(len(POOL), 4)).astype(np.float32)
+    model_pool = rng.normal(size=(len(POOL), 3)).astype(np.float32)
+    asked: list[str] = []
+
+    def model_embeddings(checkpoint: Path) -> Any:
+        asked.append(checkpoint.as_posix())
+        return (model_pool, f"model-{checkpoint.parent.parent.name}"), None
+
+    inputs = PoolInputs(POOL, None, lambda: (recipe_pool, "hash-recipe"), lambda: None)
+    inputs.model_embeddings_fn = model_embeddings
+    arm = _arm("coreset", embedding="model")
+    manifests = ActiveLearningRun(arm, FakeLearner(), inputs, tmp_path, progress=False).run()
+
+    # Round 0 has no model: the recipe's embedding; later rounds: the previous round's model.
+    assert [m["embedding_hash"] for m in manifests] == ["hash-recipe", "model-000", "model-001"]
+    assert [m.get("embedding_source") for m in manifests] == [None, "model", "model"]
+    assert [a.split("/rounds/")[1] for a in asked] == [
+        "000/model/weights.bin",
+        "001/model/weights.bin",
+    ]
+    # The picks are CoreSet's on the model embedding (independent call of the strategy).
+    labelled = np.isin(POOL, manifests[0]["labelled_ids"])
+    expected = strategies.create("coreset").select(
+        QueryContext(embeddings=model_pool, labelled=labelled, seed=0, ids=POOL), 3
+    )
+    assert [row["id"] for row in manifests[1]["selected"]] == [POOL[i] for i in expected.indices]
+    on_recipe = strategies.create("coreset").select(
+        QueryContext(embeddings=recipe_pool, labelled=labelled, seed=0, ids=POOL), 3
+    )
+    assert set(on_recipe.indices) != set(expected.indices)  # the test can tell them apart
+
+
+def test_embedding_option_reaches_the_arm_and_keeps_old_fingerprints() -> None:
+    from alframe.loop.experiment import plan_arms
+
+    raw = _experiment_recipe(
+        strategies=[{"name": "coreset"}, {"name": "xssr", "label": "x_m", "embedding": "model"}]
+    )
+    plain, model = plan_arms(recipe_from_dict(raw), 10)[:2]
+    assert plain.embedding == "recipe" and "embedding" not in plain.describe()
+    assert model.embedding == "model" and model.describe()["embedding"] == "model"
+    raw["experiment"]["strategies"] = [{"name": "coreset", "embedding": "encoder"}]
+    with pytest.raises(ConfigError, match="embedding"):
+        recipe_from_dict(raw)

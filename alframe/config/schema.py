@@ -428,6 +428,12 @@ class StrategySpec(_Strict):
     label: str | None = Field(None, pattern=_LABEL_PATTERN)
     cold_start: str | None = None
     cold_start_params: dict[str, Any] | None = None
+    embedding: Literal["recipe", "model"] = Field(
+        "recipe",
+        description="embeddings of embedding-based strategies: recipe (the embed section) or "
+        "model (from the second round on, the encoder of the previous round's segmentation "
+        "model, for pool and source; the first round uses the recipe's)",
+    )
 
     @property
     def display(self) -> str:

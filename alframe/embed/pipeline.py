@@ -135,6 +135,15 @@ def _samples_for(recipe: Recipe, which: str) -> list[Any]:
     return list(DataCatalog(recipe).samples(ref))
 
 
+def source_samples(recipe: Recipe) -> list[Any]:
+    """The samples of ``data.source`` in catalog order.
+
+    Raises:
+        ConfigError: the recipe has no ``data.source``.
+    """
+    return _samples_for(recipe, "source")
+
+
 def embed_samples(
     recipe: Recipe,
     samples: Sequence[Any],

@@ -61,6 +61,7 @@ REFERENCE_STRATEGY = "full"
 """The strategy name recorded for the full-data reference."""
 
 Retrain = Literal["scratch", "finetune"]
+EmbeddingSource = Literal["recipe", "model"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class ArmSpec:
         cold_start: strategy used while there is no model and ``strategy`` needs one.
         cold_start_params: its parameters.
         retrain: ``"scratch"`` (default) or ``"finetune"`` from the previous round's weights.
+        embedding: ``"recipe"`` (the recipe's embedder) or ``"model"`` (once a round has
+            trained a model, the encoder of that model embeds pool and source).
     """
 
     label: str
@@ -87,6 +90,7 @@ class ArmSpec:
     cold_start: str = "random"
     cold_start_params: Mapping[str, Any] = field(default_factory=dict)
     retrain: Retrain = "scratch"
+    embedding: EmbeddingSource = "recipe"
 
     @property
     def is_reference(self) -> bool:
@@ -116,6 +120,9 @@ class ArmSpec:
                 "cold_start": self.cold_start,
                 "cold_start_params": dict(self.cold_start_params),
                 "retrain": self.retrain,
+                # Only when not the default, so runs made before the option keep their
+                # fingerprints and resume.
+                **({"embedding": self.embedding} if self.embedding != "recipe" else {}),
             }
         )
 
@@ -130,12 +137,17 @@ class PoolInputs:
         embeddings_fn: returns ((N, D) float32 pool embeddings, weights hash).
         source_embeddings_fn: returns ((S, D) source embeddings, weights hash), or None when
             there is no source set.
+        model_embeddings_fn: given a segmentation checkpoint, returns the pool and source
+            embeddings of its encoder (as the two functions above), for ``embedding: model``.
     """
 
     ids: list[str]
     has_mask: np.ndarray | None = None
     embeddings_fn: Callable[[], tuple[np.ndarray, str]] | None = None
     source_embeddings_fn: Callable[[], tuple[np.ndarray, str] | None] | None = None
+    model_embeddings_fn: (
+        Callable[[Path], tuple[tuple[np.ndarray, str], tuple[np.ndarray, str] | None]] | None
+    ) = None
     _embeddings: tuple[np.ndarray, str] | None = field(default=None, init=False, repr=False)
     _source: tuple[np.ndarray, str] | None = field(default=None, init=False, repr=False)
     _source_done: bool = field(default=False, init=False, repr=False)
@@ -163,6 +175,27 @@ class PoolInputs:
             self._source = self.source_embeddings_fn() if self.source_embeddings_fn else None
             self._source_done = True
         return self._source
+
+    def model_embeddings(
+        self, checkpoint: Path
+    ) -> tuple[tuple[np.ndarray, str], tuple[np.ndarray, str] | None]:
+        """Pool and source embeddings from the encoder of a segmentation ``checkpoint``.
+
+        Raises:
+            ConfigError: no way to embed with a model was given.
+            StateError: the pool embedding does not have one row per pool item.
+        """
+        if self.model_embeddings_fn is None:
+            raise ConfigError(
+                "embedding: model needs the experiment to embed with its round models; this "
+                "run was started without that (use alframe.loop.run_experiment)"
+            )
+        pool, source = self.model_embeddings_fn(checkpoint)
+        if pool[0].shape[0] != len(self.ids):
+            raise StateError(
+                f"the model embedded {pool[0].shape[0]} items for a pool of {len(self.ids)}"
+            )
+        return pool, source
 
 
 class LoopHooks:
@@ -379,14 +412,23 @@ class ActiveLearningRun:
         labelled = oracle.labelled_mask
         kwargs: dict[str, Any] = {"labelled": labelled, "seed": seed, "ids": self.pool_ids}
         provenance: dict[str, Any] = {"embedding_hash": None, "source_embedding_hash": None}
-        if requires & {"embeddings", "source_embeddings"}:
-            kwargs["embeddings"], provenance["embedding_hash"] = self.inputs.embeddings()
+        embeds = bool(requires & {"embeddings", "source_embeddings"})
+        model = self.learner.checkpoint if embeds and self.arm.embedding == "model" else None
+        source: tuple[np.ndarray, str] | None = None
+        if model is not None:
+            # The previous round's model (selection runs before this round's training).
+            pool, source = self.inputs.model_embeddings(Path(model))
+            provenance["embedding_source"] = "model"
+        elif embeds:
+            pool = self.inputs.embeddings()
+            if "source_embeddings" in requires:
+                source = self.inputs.source_embeddings()
+        if embeds:
+            kwargs["embeddings"], provenance["embedding_hash"] = pool
         else:
             kwargs["embeddings"] = np.zeros((n_items, 1), dtype=np.float32)
-        if "source_embeddings" in requires:
-            source = self.inputs.source_embeddings()
-            if source is not None:
-                kwargs["source_embeddings"], provenance["source_embedding_hash"] = source
+        if "source_embeddings" in requires and source is not None:
+            kwargs["source_embeddings"], provenance["source_embedding_hash"] = source
         if requires & MODEL_REQUIREMENTS:
             probabilities = self._pool_probabilities(labelled)
             provenance["model_checkpoint"] = str(self.learner.checkpoint)

@@ -215,6 +215,7 @@ def plan_arms(recipe: Recipe, pool_size: int) -> list[ArmSpec]:
                             else experiment.cold_start_params
                         ),
                         retrain=experiment.retrain,
+                        embedding=spec.embedding,
                     )
                 )
         if experiment.full_reference:
@@ -283,6 +284,24 @@ class _Embeddings:
         self._ensure_mae()
         result = embed_samples(self.recipe, self.samples, progress=False)
         return result.embeddings, result.weights_hash
+
+    def model(
+        self, checkpoint: Path
+    ) -> tuple[tuple[np.ndarray, str], tuple[np.ndarray, str] | None]:
+        """Pool and source embeddings of a round model's encoder (cached by its weights)."""
+        from alframe.embed import embed_samples
+        from alframe.embed.extract import encoder_from_segmentation
+        from alframe.embed.pipeline import source_samples
+
+        embedder = encoder_from_segmentation(checkpoint)
+        pool = embed_samples(self.recipe, self.samples, embedder=embedder, progress=False)
+        source = None
+        if self.recipe.data.source is not None:
+            result = embed_samples(
+                self.recipe, source_samples(self.recipe), embedder=embedder, progress=False
+            )
+            source = (result.embeddings, result.weights_hash)
+        return (pool.embeddings, pool.weights_hash), source
 
     def source(self) -> tuple[np.ndarray, str] | None:
         from alframe.embed import embed_pool
@@ -389,6 +408,7 @@ def run_experiment(
         has_mask=np.asarray([bool(s.labelled) for s in samples]),
         embeddings_fn=embeddings.pool,
         source_embeddings_fn=embeddings.source,
+        model_embeddings_fn=embeddings.model,
     )
 
     several_schedules = len(experiment.schedules) > 1
