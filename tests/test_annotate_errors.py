@@ -174,7 +174,57 @@ def _rle_results(rle: list[int]) -> list[Any]:
     ]
 
 
+def _tiff_stack(c: Ctx, tmp: Path) -> Path:
+    import tifffile
+
+    (tmp / "src").mkdir()
+    stack = np.stack([c.good(), np.zeros((32, 32), np.uint8)])
+    tifffile.imwrite(tmp / "src" / f"{c.cases[c.bob_only]}.tif", stack)
+    return tmp / "src"
+
+
+def _tiff_appended_pages(c: Ctx, tmp: Path) -> Path:
+    import tifffile
+
+    (tmp / "src").mkdir()
+    path = tmp / "src" / f"{c.cases[c.bob_only]}.tif"
+    tifffile.imwrite(path, c.good())
+    for _ in range(4):
+        tifffile.imwrite(path, np.zeros((32, 32), np.uint8), append=True)
+    return tmp / "src"
+
+
+def _huge_rle() -> list[int]:
+    rle = encode_brush_rle(np.repeat(_region().ravel() * 255, 4))
+    return [255, 255, 255, 255, *rle[4:]]  # declares 2**32 - 1 values
+
+
+def _manifest_through_symlink(c: Ctx, tmp: Path) -> Path:
+    c.png(tmp / "outside" / "m.png", c.good())
+    (tmp / "manifest").mkdir()
+    (tmp / "manifest" / "masks").symlink_to(tmp / "outside", target_is_directory=True)
+    (tmp / "manifest" / "list.csv").write_text(f"id,mask\n{c.bob_only},masks/m.png\n")
+    return tmp / "manifest" / "list.csv"
+
+
 CASES: dict[str, tuple[Case, str]] = {
+    "multi-page tiff (stack)": (lambda c, t: (_tiff_stack(c, t), {}), "is a multi-page TIFF"),
+    "multi-page tiff (appended pages)": (
+        lambda c, t: (_tiff_appended_pages(c, t), {}),
+        "is a multi-page TIFF (5 pages)",
+    ),
+    "label studio rle declaring 2**32-1 values": (
+        lambda c, t: (_ls_one(c, t, _rle_results(_huge_rle())), {}),
+        "holds 4294967295 values but a 32×32 RGBA image has 4096",
+    ),
+    "manifest path through a symlink": (
+        lambda c, t: (_manifest_through_symlink(c, t), {}),
+        "leads outside the manifest's folder",
+    ),
+    "manifest id with path separators": (
+        lambda c, t: (_manifest(c, t, f"id,mask\n../../etc/{c.cases[c.bob_only]},m.png\n"), {}),
+        "is not an item id and contains a path separator",
+    ),
     "missing source": (lambda c, t: (t / "nope", {}), "does not exist; pass the folder"),
     "empty folder": (lambda c, t: ((t / "e").mkdir() or t / "e", {}), "holds no masks"),
     "unknown file name": (
@@ -568,3 +618,25 @@ def test_budget_clipped_to_the_pool_is_one_plain_note(ctx: Ctx, tmp_path: Path) 
         assert output.count(expected) == 1, output
         assert "Warning" not in output and ".py:" not in output, output
         assert sum("exceeds" in line or "were left" in line for line in output.splitlines()) == 1
+
+
+def test_brush_rle_header_is_checked_before_allocating() -> None:
+    import tracemalloc
+
+    from alframe.annotate import decode_brush_rle
+    from alframe.errors import DataError
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="holds 4294967295 values but a 32×32 RGBA image"):
+            decode_brush_rle(_huge_rle(), "t", image_size=(32, 32))
+        # Without the image size the stream's own length bounds the count.
+        with pytest.raises(DataError, match="truncated or damaged"):
+            decode_brush_rle(_huge_rle(), "t")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, peak  # the declared 2**32 - 1 int64 values would be 32 GiB
+    region = _region()
+    rgba = np.repeat(region.ravel().astype(np.int64) * 255, 4)
+    assert np.array_equal(decode_brush_rle(encode_brush_rle(rgba), image_size=(32, 32)), rgba)

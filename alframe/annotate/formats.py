@@ -61,11 +61,29 @@ def _read_nifti_2d(path: Path) -> np.ndarray:
     return np.asarray(squeezed)
 
 
+def _refuse_multi_page_tiff(path: Path) -> None:
+    """A TIFF with several pages is a stack (slices, time points); refuse it rather than
+    importing whatever one page holds."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tiff:
+            pages = len(tiff.pages)
+    except Exception:  # unreadable: read_array names the problem
+        return
+    if pages > 1:
+        raise DataError(
+            f"mask {path.name} is a multi-page TIFF ({pages} pages); each item is one 2-D "
+            "slice — save one single-page mask per item"
+        )
+
+
 def read_mask_file(path: Path) -> np.ndarray:
     """Read a mask file as stored: a 2-D integer array.
 
     Raises:
-        DataError: unreadable file, colour image, non-integer values or not 2-D.
+        DataError: unreadable file, colour image, non-integer values, not 2-D, or a TIFF of
+            several pages.
     """
     from alframe.data.io import read_array, single_channel_mask
 
@@ -78,6 +96,8 @@ def read_mask_file(path: Path) -> np.ndarray:
             f"({', '.join(MASK_EXTENSIONS)}); JPEG is lossy and changes label values"
         )
     else:
+        if ext in (".tif", ".tiff"):
+            _refuse_multi_page_tiff(path)
         data = read_array(path, keep_palette=True)
     data = single_channel_mask(data, path.name)
     if data.dtype.kind == "b":
@@ -200,7 +220,9 @@ class _BitReader:
         return chunk @ weights
 
 
-def decode_brush_rle(rle: Sequence[int], where: str = "brush") -> np.ndarray:
+def decode_brush_rle(
+    rle: Sequence[int], where: str = "brush", image_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Decode Label Studio's brush RLE (the rle-pack bit stream) to its flat value array.
 
     The stream: 32 bits value count, 5 bits word size - 1, four 4-bit run-length field sizes - 1,
@@ -208,15 +230,21 @@ def decode_brush_rle(rle: Sequence[int], where: str = "brush") -> np.ndarray:
     repeat or run-length words of literals). Label Studio encodes the RGBA image of the brush,
     flattened row by row.
 
+    The declared count is checked before anything is allocated: against ``image_size`` when
+    given, and always against the most values the stream's bits can describe, so a damaged or
+    hostile header (e.g. 2³²−1 values) costs nothing.
+
     Args:
         rle: the ``value.rle`` list of byte values.
         where: named in errors.
+        image_size: (H, W) of the image the brush belongs to (it needs H·W·4 values).
 
     Returns:
         (count,) int64 values.
 
     Raises:
-        DataError: the list is not bytes or the stream is truncated / inconsistent.
+        DataError: the list is not bytes, the declared count does not fit the image or the
+            stream, or the stream is truncated / inconsistent.
     """
     array = np.asarray(rle)
     if array.ndim != 1 or array.size < 7 or array.dtype.kind not in "iu":
@@ -231,6 +259,16 @@ def decode_brush_rle(rle: Sequence[int], where: str = "brush") -> np.ndarray:
         count = reader.read(32)
         word = reader.read(5) + 1
         sizes = [reader.read(4) + 1 for _ in range(4)]
+        if image_size is not None and count != image_size[0] * image_size[1] * 4:
+            raise DataError(
+                f"{where}: the brush RLE holds {count} values but a {image_size[0]}×"
+                f"{image_size[1]} RGBA image has {image_size[0] * image_size[1] * 4}; the "
+                "annotation does not belong to this image"
+            )
+        # Every chunk spends at least 1 + 2 + 1 bits and yields at most 2**max(sizes) values.
+        most = (reader.bits.size - reader.pos) // 4 * (1 << max(sizes))
+        if count > most:
+            raise EOFError
         out = np.zeros(count, dtype=np.int64)
         i = 0
         while i < count:
@@ -253,12 +291,7 @@ def decode_brush_rle(rle: Sequence[int], where: str = "brush") -> np.ndarray:
 
 def brush_mask(rle: Sequence[int], height: int, width: int, where: str) -> np.ndarray:
     """The (H, W) bool region of a brush result (the alpha channel of the decoded RGBA)."""
-    flat = decode_brush_rle(rle, where)
-    if flat.size != height * width * 4:
-        raise DataError(
-            f"{where}: the brush RLE holds {flat.size} values but a {height}×{width} RGBA image "
-            f"has {height * width * 4}; the annotation does not belong to this image"
-        )
+    flat = decode_brush_rle(rle, where, image_size=(height, width))
     return flat.reshape(height, width, 4)[:, :, 3] > 127
 
 

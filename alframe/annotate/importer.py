@@ -61,6 +61,9 @@ class _Candidate:
     key: str  # what named the item (file name, id, task)
     annotator: str | None  # explicit annotator, if the source says
     item_id: str | None = None
+    # Keys a person typed (manifest ids, Label Studio ids) must name an item exactly; keys made
+    # from file paths inside the source folder may also match by their last part.
+    exact_key: bool = False
     load: Loader | None = None
     labels: np.ndarray | None = None
     sha: str = ""
@@ -225,9 +228,18 @@ def _manifest_candidates(
                 f"{where}: mask file {mask_text} does not exist next to the manifest; fix the path"
             )
             continue
+        # The path is relative and free of '..', but a symlink on the way can still lead out.
+        folder = source.parent.resolve()
+        if not path.resolve().is_relative_to(folder):
+            problems.add(
+                f"{where}: mask path {mask_text!r} leads outside the manifest's folder (through "
+                "a symbolic link); manifests may only point inside their own folder — copy the "
+                "mask next to the manifest"
+            )
+            continue
         who = annotator or (str(row.get("annotator") or "").strip() or None)
         label = f"{source.name} row {number} ({mask_text})"
-        candidate = _Candidate(where=label, key=key, annotator=who)
+        candidate = _Candidate(where=label, key=key, annotator=who, exact_key=True)
         candidate.load = _file_loader(path, class_values, ignore_value, label)
         out.append(candidate)
     return out
@@ -303,7 +315,9 @@ def _labelstudio_candidates(
             if who is None:
                 matches = [n for n in _completed_by(annotation) if n in annotators]
                 who = matches[0] if matches else None
-            candidate = _Candidate(where=where, key=_labelstudio_item_key(task), annotator=who)
+            candidate = _Candidate(
+                where=where, key=_labelstudio_item_key(task), annotator=who, exact_key=True
+            )
 
             def load(
                 shape: tuple[int, int], results: list[Any] = results, where: str = where
@@ -548,6 +562,15 @@ def _resolve(project: Project, candidates: list[_Candidate], problems: _Problems
             shown = key
             if key in cases:
                 item = key
+            elif candidate.exact_key and ("/" in key or "\\" in key):
+                problems.add(
+                    f"{candidate.where}: {key!r} is not an item id and contains a path "
+                    "separator; give the item's exact id or its case name (see the round's "
+                    "export/manifest.csv)"
+                )
+                continue
+            elif candidate.exact_key:
+                item = by_case.get(key.lower())
             else:
                 item = by_case.get(PurePosixPath(key).name.lower()) or by_case.get(key.lower())
         if item is None:
