@@ -10,6 +10,7 @@ from typing import Any
 
 from alframe.annotate.agreement import summarize_agreement
 from alframe.annotate.formats import read_label_png
+from alframe.annotate.labelstudio import effort_summary, format_effort
 from alframe.annotate.project import Project
 
 
@@ -102,6 +103,7 @@ def project_status(project: Project) -> dict[str, Any]:
             "n_items": len({item for item, *_ in agreement.per_item}),
         },
         "trainings": trainings,
+        "effort": effort_summary(store),
     }
 
 
@@ -140,6 +142,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"(+{last['n_pseudo']} pseudo): {last['checkpoint']}"
         )
     lines.append(format_model_agreement(status["trainings"]))
+    lines.extend(format_effort(status.get("effort", {})))
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@
     alframe project init DIR --recipe R [--annotators a,b --overlap 0.2]
     alframe round next DIR --budget B [--strategy S]
     alframe round import DIR --from PATH [--annotator A] [--replace]
+    alframe project connect / round push / round sync / round watch   (alframe.cli.labelstudio)
     alframe round status DIR [--json]
     alframe round pseudolabel DIR [--checkpoint latest|PATH]
     alframe round train DIR [--pseudo-labels]
@@ -48,6 +49,7 @@ def cmd_project_init(args: argparse.Namespace) -> int:
 
 def cmd_round_next(args: argparse.Namespace) -> int:
     from alframe.annotate import next_round, open_project
+    from alframe.cli.labelstudio import connected_client, push_after_next
     from alframe.errors import ConfigError
 
     if args.budget is not None and args.budget < 1:
@@ -62,6 +64,7 @@ def cmd_round_next(args: argparse.Namespace) -> int:
         if budget is None:
             raise ConfigError("no budget: pass --budget N or set select.budget in the recipe")
         annotators = args.annotators.split(",") if args.annotators else None
+        live = connected_client(project)  # Label Studio checked before anything is selected
         result = next_round(
             project,
             budget,
@@ -70,6 +73,7 @@ def cmd_round_next(args: argparse.Namespace) -> int:
             annotators=annotators,
             overlap=args.overlap,
         )
+        pushed = push_after_next(project, live, result.round, args.pre_annotate)
     for note in result.notes:
         print(f"note: {note}")
     loads: dict[str, int] = {}
@@ -79,7 +83,12 @@ def cmd_round_next(args: argparse.Namespace) -> int:
     shown = ", ".join(f"{n} {c}" for n, c in sorted(loads.items()))
     print(f"round {result.round} ({result.strategy}): {len(result.ids)} items → {shown}")
     print(f"export: {result.folder / 'export'} (manifest.csv, labelstudio_tasks.json)")
-    print(f"then: alframe round import {args.dir} --from MASKS_OR_LABEL_STUDIO_JSON")
+    for line in pushed:
+        print(line)
+    if pushed:
+        print(f"then: alframe round sync {args.dir}")
+    else:
+        print(f"then: alframe round import {args.dir} --from MASKS_OR_LABEL_STUDIO_JSON")
     return 0
 
 
@@ -183,6 +192,7 @@ def cmd_export_nnunet(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add the ``project``, ``round`` and ``export`` sub-commands to ``sub``."""
+    from alframe.cli import labelstudio
     project = sub.add_parser("project", help="labelling projects (init)")
     project_sub = project.add_subparsers(dest="project_action", metavar="ACTION", required=True)
     init = project_sub.add_parser("init", help="create a labelling project for a recipe's pool")
@@ -201,6 +211,7 @@ def add_commands(sub: Any) -> None:
     )
     init.add_argument("--url-prefix", default=None, help="Label Studio image URL prefix")
     init.set_defaults(handler=cmd_project_init)
+    labelstudio.add_project_commands(project_sub)
 
     rounds = sub.add_parser(
         "round", help="labelling rounds: next, import, status, pseudolabel, train"
@@ -213,6 +224,7 @@ def add_commands(sub: Any) -> None:
     nxt.add_argument("--checkpoint", help="model for uncertainty strategies, or 'latest'")
     nxt.add_argument("--annotators", help="change the annotators from this round on (a,b,...)")
     nxt.add_argument("--overlap", type=float, help="change the overlap from this round on")
+    labelstudio.add_pre_annotate(nxt)
     nxt.set_defaults(handler=cmd_round_next)
 
     imp = round_sub.add_parser("import", help="validate and commit annotators' masks")
@@ -259,6 +271,7 @@ def add_commands(sub: Any) -> None:
     train.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     train.set_defaults(handler=cmd_round_train)
+    labelstudio.add_round_commands(round_sub)
 
     export = sub.add_parser("export", help="export labelled data (nnunet)")
     export_sub = export.add_subparsers(dest="export_action", metavar="FORMAT", required=True)
