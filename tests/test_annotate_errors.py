@@ -640,3 +640,29 @@ def test_brush_rle_header_is_checked_before_allocating() -> None:
     region = _region()
     rgba = np.repeat(region.ravel().astype(np.int64) * 255, 4)
     assert np.array_equal(decode_brush_rle(encode_brush_rle(rgba), image_size=(32, 32)), rgba)
+
+
+@pytest.mark.parametrize("damage", ["garbage bytes", "valid png, other content"])
+def test_export_with_a_damaged_stored_label_exports_nothing(
+    ctx: Ctx, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    project = copy_project(ctx.project, ctx.tmp / f"damaged_{damage.split()[0]}")
+    with open_project(project, write=False) as opened:
+        files = sorted(opened.label_files().values())
+    assert len(files) >= 2
+    victim = files[len(files) // 2]  # cases before it are written first
+    if damage == "garbage bytes":
+        victim.write_bytes(victim.read_bytes()[:40] + b"\0" * 64)
+    else:
+        labels = np.asarray(Image.open(victim)).copy()
+        labels[0, 0] = 1 - min(int(labels[0, 0]), 1)
+        Image.fromarray(labels).save(victim)
+    before = state_digest(project)
+    out = tmp_path / "nnUNet_raw"
+    out.mkdir()
+    assert main(["export", "nnunet", str(project), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stored label is damaged" in err, err
+    assert "nothing was exported" in err
+    assert list(out.iterdir()) == []  # no data set, no .partial folder
+    assert state_digest(project) == before
