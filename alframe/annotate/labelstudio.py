@@ -724,6 +724,11 @@ def push_round_tasks(
         tasks.append(new_task)
         pending_rows.append((item, who, round_index, pre_path, pre_sha, model_version))
     if tasks:
+        if report.pre_annotated:
+            # What the settings page calls "use predictions to pre-label tasks" with this model.
+            client.update_project(
+                link.project_id, {"model_version": model_version, "show_collab_predictions": True}
+            )
         task_ids = client.import_tasks(link.project_id, tasks)
         checkpoint("push:imported")
         for task_id, (item, who, round_index, pre_path, pre_sha, version) in zip(

@@ -174,6 +174,10 @@ class LabelStudioClient:
             )
         )
 
+    def update_project(self, project_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+        """Change project settings (e.g. which prediction ``model_version`` pre-labels tasks)."""
+        return dict(self.request("PATCH", f"/api/projects/{int(project_id)}", fields))
+
     def upload_file(self, project_id: int, name: str, data: bytes) -> str:
         """Upload a file to the project's storage without creating a task.
 
