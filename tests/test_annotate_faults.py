@@ -194,3 +194,127 @@ def test_killed_commands_leave_the_project_consistent(base: Base) -> None:
                     next_round(opened, 2)
                 assert opened.round_numbers() == [1, 2]
         _check_consistent(project, base)
+
+
+# ------------------------------------------------------- issue 17: MLflow store and open runs
+# Ends the process as kill -9 would right after the n-th schema statement (CREATE / ALTER / DROP)
+# that MLflow runs while it builds a new store: SQLite commits each of them on its own, so the
+# file is left half-migrated, the state a kill during the first tracked `round train` leaves.
+_DIE_IN_MIGRATION = """
+import os, sys
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+limit, seen = int(sys.argv[1]), [0]
+
+@event.listens_for(Engine, "after_cursor_execute")
+def count(conn, cursor, statement, *args):
+    if statement.lstrip().upper().startswith(("CREATE", "ALTER", "DROP")):
+        seen[0] += 1
+        if seen[0] == limit:
+            os._exit(86)
+
+if sys.argv[2] == "raw":
+    from mlflow.tracking import MlflowClient
+    MlflowClient(tracking_uri=sys.argv[3]).search_experiments()
+else:
+    from alframe.cli.main import main
+    sys.exit(main(sys.argv[3:]))
+"""
+# Two moments: the first failed later with "table _alembic_tmp_runs already exists", the second
+# with "duplicate column name: routing_strategy" (MLflow 3.x, before the store was made atomic).
+_MIGRATION_KILLS = (30, 200)
+
+
+def _tracked(uri: str) -> list[str]:
+    return ["--set", "tracking.enabled=true", "--set", f"tracking.uri={uri}"]
+
+
+def _die_in_migration(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-c", _DIE_IN_MIGRATION, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("kill_at", _MIGRATION_KILLS)
+def test_kill_during_first_mlflow_store_creation_leaves_a_usable_store(
+    base: Base, tmp_path: Path, kill_at: int
+) -> None:
+    from alframe.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    project = copy_project(base.project, base.root / f"mlflow_first_kill_{kill_at}")
+    killed = _die_in_migration(str(kill_at), "cli", "round", "train", str(project), *_tracked(uri))
+    assert killed.returncode == faults.FAULT_EXIT_CODE, killed.stderr
+    tracker = Tracker("after-kill", uri)  # the next tracked command finds a whole store
+    run_id = tracker.start_run("r")
+    tracker.end_run(run_id)
+    assert tracker.client.get_run(run_id).info.status == "FINISHED"
+    assert not list(tmp_path.glob("*.creating")) and not list(tmp_path.glob(".*.creating"))
+
+
+def test_half_made_mlflow_store_without_runs_is_created_again(tmp_path: Path) -> None:
+    from alframe.errors import AlframeNote
+    from alframe.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed = _die_in_migration(str(_MIGRATION_KILLS[1]), "raw", uri)  # by an earlier alframe
+    assert killed.returncode == faults.FAULT_EXIT_CODE, killed.stderr
+    with pytest.warns(AlframeNote, match="half-created by an interrupted first run"):
+        tracker = Tracker("repaired", uri)
+    run_id = tracker.start_run("r")
+    tracker.end_run(run_id)
+    assert len(list(tmp_path.glob("mlflow.db.incomplete-*"))) == 1  # kept, not deleted
+
+
+def test_failed_tracked_training_leaves_no_staging_folder(
+    base: Base, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alframe.cli.main import main
+
+    project = copy_project(base.project, base.root / "mlflow_unusable")
+    blocker = base.root / "not_a_folder"
+    blocker.write_text("x")
+    uri = f"sqlite:///{blocker / 'mlflow.db'}"  # its folder is a file: the store cannot be made
+    for _ in range(2):
+        assert main(["round", "train", str(project), *_tracked(uri)]) == 2
+        assert "MLflow tracking store" in capsys.readouterr().err
+        assert not list((project / "train").glob(".staging-*"))
+
+
+def test_mlflow_run_of_a_killed_training_is_marked_killed(
+    base: Base, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from alframe.cli.main import main
+    from alframe.tracking import END_REASON_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    project = copy_project(base.project, base.root / "mlflow_open_run")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", faults.FAULT_AT_ENV: "train:fitted"}
+    killed = subprocess.run(
+        [sys.executable, "-m", "alframe.cli.main", "round", "train", str(project), *_tracked(uri)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert killed.returncode == faults.FAULT_EXIT_CODE, killed.stderr
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "RUNNING"  # nobody ended it
+    assert main(["round", "status", str(project)]) == 0  # any next command
+    out = capsys.readouterr().out
+    assert "recovered: marked 1 MLflow run(s) of interrupted `round train`" in out
+    after = client.get_run(run.info.run_id)
+    assert after.info.status == "KILLED"
+    assert "ended without finishing it" in after.data.tags[END_REASON_TAG]
+    assert not list((project / "train").glob(".staging-*"))
+    assert main(["round", "status", str(project)]) == 0
+    assert "MLflow" not in capsys.readouterr().out  # done once

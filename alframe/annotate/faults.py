@@ -3,8 +3,10 @@
 Every step of a state change (a file written, a transaction opened, a commit, a clean-up) calls
 :func:`checkpoint`. When the environment variable ``ALFRAME_FAULT_AFTER=<n>`` is set, the process
 ends with ``os._exit`` at the n-th call, exactly as a ``kill -9`` would end it there: no ``finally``
-blocks, no flushing, no SQLite rollback. Tests then check that the next command finds the project
-consistent. Without the variable a checkpoint only counts.
+blocks, no flushing, no SQLite rollback. ``ALFRAME_FAULT_AT=<label>`` does the same at the
+first checkpoint with that label (e.g. ``train:fitted``, while an MLflow run is open). Tests then
+check that the next command finds the project consistent. Without the variables a checkpoint only
+counts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import os
 
 FAULT_ENV = "ALFRAME_FAULT_AFTER"
 """Environment variable: end the process at this checkpoint number (1-based)."""
+
+FAULT_AT_ENV = "ALFRAME_FAULT_AT"
+"""Environment variable: end the process at the first checkpoint with this label."""
 
 FAULT_EXIT_CODE = 86
 """Exit status of a process ended by an injected fault."""
@@ -29,6 +34,8 @@ def checkpoint(label: str) -> None:
     _calls.append(label)
     value = os.environ.get(FAULT_ENV, "").strip()
     if value.isdigit() and len(_calls) == int(value):
+        os._exit(FAULT_EXIT_CODE)
+    if os.environ.get(FAULT_AT_ENV, "").strip() == label:
         os._exit(FAULT_EXIT_CODE)
 
 

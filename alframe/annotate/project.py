@@ -46,6 +46,8 @@ RECIPE_FILE = "recipe.yaml"
 STATE_FILE = "state.db"
 POOL_FILE = "pool.csv"
 LOCK_FILE = ".lock"
+OPEN_RUNS_KEY = "open_mlflow_runs"
+"""State-store key: MLflow runs a `round train` has started and not yet ended (see recover)."""
 
 STORED_IGNORE = 255
 """Value of unlabelled (ignored) pixels in the label files the project stores."""
@@ -365,6 +367,7 @@ class Project:
             )
         for leftover in self.root.glob(".*.tmp"):
             leftover.unlink()
+        notes.extend(self._end_abandoned_runs())
         missing = [p for p in sorted(referenced) if not self.path(p).is_file()]
         if missing:
             raise StateError(
@@ -374,6 +377,41 @@ class Project:
             )
         if notes:
             fsync_folder(self.root)
+        return notes
+
+    def _end_abandoned_runs(self) -> list[str]:
+        """Mark MLflow runs of killed `round train` commands KILLED (with the reason as a tag).
+
+        Only called with the project lock held, so no live process owns these runs.
+        """
+        runs = self.store.get_json(OPEN_RUNS_KEY, [])
+        if not runs:
+            return []
+        from alframe.errors import AlframeError
+        from alframe.tracking import end_abandoned_runs
+
+        notes: list[str] = []
+        left = []
+        for uri in sorted({r["uri"] for r in runs}):
+            of_store = [r for r in runs if r["uri"] == uri]
+            reason = (
+                "killed: the `alframe round train` that ran it ended without finishing it (e.g. "
+                "kill -9); marked by a later alframe command on the project"
+            )
+            try:
+                marked = end_abandoned_runs(uri, [r["run_id"] for r in of_store], reason)
+            except AlframeError as err:
+                left.extend(of_store)  # tried again by the next command
+                notes.append(f"could not mark abandoned MLflow runs as KILLED ({err})")
+                continue
+            if marked:
+                trainings = ", ".join(str(r["training"]) for r in of_store if r["run_id"] in marked)
+                notes.append(
+                    f"marked {len(marked)} MLflow run(s) of interrupted `round train` (training "
+                    f"{trainings}) as KILLED in {uri}"
+                )
+        with self.store.transaction() as conn:
+            StateStore.set_json(conn, OPEN_RUNS_KEY, left)
         return notes
 
     def close(self) -> None:

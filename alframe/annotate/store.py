@@ -141,9 +141,7 @@ class StateStore:
             if read_only:
                 # mode=ro: SQLite never tries to create a journal or change the file.
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
-                self.connection = sqlite3.connect(
-                    uri, uri=True, isolation_level=None, timeout=30.0
-                )
+                self.connection = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
             else:
                 self.connection = sqlite3.connect(
                     str(self.path), isolation_level=None, timeout=30.0

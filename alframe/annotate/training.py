@@ -30,7 +30,7 @@ import numpy as np
 from alframe._atomic import atomic_write_bytes, fsync_folder
 from alframe.annotate.faults import checkpoint
 from alframe.annotate.formats import read_label_png
-from alframe.annotate.project import STORED_IGNORE, Project
+from alframe.annotate.project import OPEN_RUNS_KEY, STORED_IGNORE, Project
 from alframe.annotate.pseudo import pseudo_label_paths
 from alframe.annotate.store import StateStore, now
 from alframe.config import Recipe, dump_recipe, recipe_from_dict, recipe_to_dict
@@ -260,6 +260,21 @@ def _previous_labels(
     return labels
 
 
+def _remember_open_run(project: Project, uri: str, run_id: str, run: int) -> None:
+    """Record an MLflow run this process has open, so that a later command can end it (as
+    KILLED) if this process is killed before it does (see :meth:`Project.recover`)."""
+    with project.store.transaction() as conn:
+        runs = [r for r in project.store.get_json(OPEN_RUNS_KEY, []) if r["run_id"] != run_id]
+        runs.append({"run_id": run_id, "uri": uri, "training": run, "started": now()})
+        StateStore.set_json(conn, OPEN_RUNS_KEY, runs)
+
+
+def _forget_open_run(project: Project, run_id: str) -> None:
+    with project.store.transaction() as conn:
+        runs = [r for r in project.store.get_json(OPEN_RUNS_KEY, []) if r["run_id"] != run_id]
+        StateStore.set_json(conn, OPEN_RUNS_KEY, runs)
+
+
 def train_round(
     project: Project,
     include_pseudo: bool = False,
@@ -312,62 +327,72 @@ def train_round(
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    atomic_write_bytes(staging / "recipe.resolved.yaml", dump_recipe(recipe).encode("utf-8"))
-    datamodule = make_datamodule(recipe, samples, training_labels)
-    tracker = None
-    run_id = None
-    callbacks: list[Any] = []
-    if track and recipe.tracking.enabled:
-        from alframe.tracking import Tracker, make_epoch_logger
-
-        tracker = Tracker(recipe.tracking.experiment or recipe.name, recipe.tracking.uri)
-        run_id = tracker.start_run(
-            f"{recipe.name}-labels-{run:03d}", tags={"alframe.kind": "round-train"}
-        )
-        tracker.log_params(run_id, recipe_to_dict(recipe))
-        callbacks.append(make_epoch_logger(tracker, run_id))
-    status = "FAILED"
     try:
-        started = time.perf_counter()
-        fit = fit_segmentation(recipe, datamodule, staging, callbacks=callbacks)
-        seconds = time.perf_counter() - started
-        checkpoint("train:fitted")
-        evaluation: dict[str, dict[str, float]] = {}
-        task = load_task(fit.best_checkpoint)
-        if recipe.data.evaluate:
-            _, evaluation = evaluate_sets(
-                task, datamodule.eval_dataloaders(), recipe.num_classes, staging, False
+        atomic_write_bytes(staging / "recipe.resolved.yaml", dump_recipe(recipe).encode("utf-8"))
+        datamodule = make_datamodule(recipe, samples, training_labels)
+        tracker = None
+        run_id = None
+        callbacks: list[Any] = []
+        if track and recipe.tracking.enabled:
+            from alframe.tracking import Tracker, make_epoch_logger
+
+            tracker = Tracker(recipe.tracking.experiment or recipe.name, recipe.tracking.uri)
+            run_id = tracker.start_run(
+                f"{recipe.name}-labels-{run:03d}", tags={"alframe.kind": "round-train"}
             )
-        agreement = model_agreement(project, recipe, task, labels, staging)
-        summary = {
-            "run": run,
-            "created": now(),
-            "n_labelled": len(labels),
-            "n_pseudo": len(pseudo),
-            "n_train": len(datamodule.train_samples),
-            "n_val": len(datamodule.val_samples),
-            "best_val_dice": fit.best_val_dice,
-            "epochs_run": fit.epochs_run,
-            "train_seconds": round(seconds, 2),
-            "evaluation": evaluation,
-            "pool_agreement": agreement,
-        }
-        atomic_write_bytes(
-            staging / "summary.json",
-            (json.dumps(summary, indent=2, default=float) + "\n").encode("utf-8"),
-        )
-        if tracker is not None and run_id is not None:
-            metrics = {"best_val_dice": float(fit.best_val_dice), "n_labelled": float(len(labels))}
-            for name, stats in evaluation.items():
-                metrics.update({f"{name}_{k}": float(v) for k, v in stats.items()})
-            if agreement["value"] is not None:
-                metrics["pool_agreement"] = float(agreement["value"])
-                metrics["pool_agreement_items"] = float(agreement["n_items"])
-            tracker.log_metrics(run_id, metrics)
-        status = "FINISHED"
-    finally:
-        if tracker is not None and run_id is not None:
-            tracker.end_run(run_id, status)
+            _remember_open_run(project, tracker.uri, run_id, run)
+            tracker.log_params(run_id, recipe_to_dict(recipe))
+            callbacks.append(make_epoch_logger(tracker, run_id))
+        status = "FAILED"
+        try:
+            started = time.perf_counter()
+            fit = fit_segmentation(recipe, datamodule, staging, callbacks=callbacks)
+            seconds = time.perf_counter() - started
+            checkpoint("train:fitted")
+            evaluation: dict[str, dict[str, float]] = {}
+            task = load_task(fit.best_checkpoint)
+            if recipe.data.evaluate:
+                _, evaluation = evaluate_sets(
+                    task, datamodule.eval_dataloaders(), recipe.num_classes, staging, False
+                )
+            agreement = model_agreement(project, recipe, task, labels, staging)
+            summary = {
+                "run": run,
+                "created": now(),
+                "n_labelled": len(labels),
+                "n_pseudo": len(pseudo),
+                "n_train": len(datamodule.train_samples),
+                "n_val": len(datamodule.val_samples),
+                "best_val_dice": fit.best_val_dice,
+                "epochs_run": fit.epochs_run,
+                "train_seconds": round(seconds, 2),
+                "evaluation": evaluation,
+                "pool_agreement": agreement,
+            }
+            atomic_write_bytes(
+                staging / "summary.json",
+                (json.dumps(summary, indent=2, default=float) + "\n").encode("utf-8"),
+            )
+            if tracker is not None and run_id is not None:
+                metrics = {
+                    "best_val_dice": float(fit.best_val_dice),
+                    "n_labelled": float(len(labels)),
+                }
+                for name, stats in evaluation.items():
+                    metrics.update({f"{name}_{k}": float(v) for k, v in stats.items()})
+                if agreement["value"] is not None:
+                    metrics["pool_agreement"] = float(agreement["value"])
+                    metrics["pool_agreement_items"] = float(agreement["n_items"])
+                tracker.log_metrics(run_id, metrics)
+            status = "FINISHED"
+        finally:
+            if tracker is not None and run_id is not None:
+                tracker.end_run(run_id, status)
+                _forget_open_run(project, run_id)
+    except BaseException:
+        # A failed run leaves nothing behind (a killed one leaves the folder to recovery).
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     from alframe.loop.state import sha256_file
 
     fsync_folder(staging)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alframe.errors import AlframeError
+from alframe.errors import AlframeError, AlframeNote
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -55,6 +56,108 @@ def flatten_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+_CREATING_SUFFIX = ".creating"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's live process
+        return True
+    return True
+
+
+def _sqlite_store_state(db: Path) -> str:
+    """``"complete"``, ``"half-made"`` (no data, schema not at MLflow's head revision) or
+    ``"other"`` (holds runs or experiments, or cannot be read: left to MLflow to judge)."""
+    import sqlite3
+
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            version = None
+            if "alembic_version" in tables:
+                row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+                version = row[0] if row else None
+            if version == _get_latest_schema_revision() and "experiments" in tables:
+                return "complete"
+            runs = "runs" in tables and conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            experiments = (
+                "experiments" in tables
+                and conn.execute(
+                    "SELECT COUNT(*) FROM experiments WHERE experiment_id != 0"
+                ).fetchone()[0]
+            )
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return "other"
+    return "other" if runs or experiments else "half-made"
+
+
+def prepare_sqlite_store(uri: str) -> str | None:
+    """Make sure a local ``sqlite:///`` store is whole before MLflow opens it.
+
+    MLflow builds a new store by creating tables and then running dozens of migrations, which are
+    not one transaction: a process killed in between leaves a half-migrated file that every later
+    run fails on ("duplicate column name", "table ... already exists"). So a new store is built
+    in a temporary file beside the target and linked into place only when complete (a hard link
+    never replaces a store another process made meanwhile). A half-made store that holds no runs
+    or experiments (left by an earlier kill) is moved aside and built again.
+
+    Args:
+        uri: the resolved tracking URI; anything but ``sqlite:///`` is left alone.
+
+    Returns:
+        A note for the user when a half-made store was replaced, else None.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///") :])
+    if str(db) in ("", ":memory:"):
+        return None
+    note = None
+    if db.is_file():
+        state = _sqlite_store_state(db)
+        if state != "half-made":
+            return None
+        aside = db.with_name(f"{db.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(db, aside)
+        note = (
+            f"the MLflow store {db} was half-created by an interrupted first run and held no "
+            f"runs; it was moved to {aside.name} and created again"
+        )
+    db.parent.mkdir(parents=True, exist_ok=True)
+    for stale in db.parent.glob(f".{db.name}.*{_CREATING_SUFFIX}"):
+        pid = stale.name[len(db.name) + 2 : -len(_CREATING_SUFFIX)]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    temp = db.parent / f".{db.name}.{os.getpid()}{_CREATING_SUFFIX}"
+    temp.unlink(missing_ok=True)
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{temp}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+    try:
+        os.link(temp, db)  # fails if another process put a store there meanwhile: keep theirs
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links on this file system
+        if not db.exists():
+            os.replace(temp, db)
+    temp.unlink(missing_ok=True)
+    return note
+
+
 class Tracker:
     """A thin, explicit wrapper over :class:`mlflow.tracking.MlflowClient`.
 
@@ -72,6 +175,9 @@ class Tracker:
 
         self.uri = resolve_tracking_uri(uri)
         try:
+            note = prepare_sqlite_store(self.uri)
+            if note is not None:
+                warnings.warn(note, AlframeNote, stacklevel=2)
             self.client = MlflowClient(tracking_uri=self.uri)
             existing = self.client.get_experiment_by_name(experiment)
             if existing is None:
@@ -156,6 +262,49 @@ class Tracker:
         if self.uri.startswith("sqlite:"):
             return f"mlflow ui --backend-store-uri {self.uri}"
         return f"open {self.uri} in a browser"
+
+
+END_REASON_TAG = "alframe.end_reason"
+"""Tag that says why alframe ended a run it did not finish itself."""
+
+
+def end_abandoned_runs(uri: str | None, run_ids: Sequence[str], reason: str) -> list[str]:
+    """Mark runs that are still RUNNING as KILLED, with ``reason`` in the tag
+    :data:`END_REASON_TAG`. The caller knows that no live process owns them.
+
+    Args:
+        uri: tracking URI of the runs.
+        run_ids: the runs; finished, failed or deleted ones are left as they are.
+        reason: why they are ended.
+
+    Returns:
+        The ids of the runs marked.
+
+    Raises:
+        AlframeError: the tracking store cannot be used.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    resolved = resolve_tracking_uri(uri)
+    marked: list[str] = []
+    try:
+        client = MlflowClient(tracking_uri=resolved)
+        for run_id in run_ids:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException:
+                continue  # deleted meanwhile: nothing to end
+            if run.info.status == "RUNNING":
+                client.set_tag(run_id, END_REASON_TAG, reason)
+                client.set_terminated(run_id, status="KILLED")
+                marked.append(run_id)
+    except Exception as err:  # mlflow raises many types for an unreachable store
+        raise AlframeError(
+            f"MLflow tracking store {resolved!r} cannot be used ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else ''})"
+        ) from None
+    return marked
 
 
 def make_epoch_logger(tracker: Tracker, run_id: str) -> Any:
