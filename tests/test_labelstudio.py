@@ -473,6 +473,10 @@ def test_pre_annotations_and_effort(
     assert "with a pre-annotation (alframe-train-001)" in capsys.readouterr().out
     rows = [r for r in _rows(setup.project) if r["round"] == 2]
     assert len(rows) == 2
+    # The project pre-labels tasks with this model's predictions.
+    assert setup.api("GET", f"/api/projects/{setup.ls_project}")["model_version"] == (
+        "alframe-train-001"
+    )
     corrections: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for k, row in enumerate(rows):
         assert row["model_version"] == "alframe-train-001" and row["pre_path"]

@@ -51,7 +51,6 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from alframe._atomic import atomic_write_bytes
-from alframe.annotate.agreement import dice_agreement
 from alframe.annotate.faults import checkpoint
 from alframe.annotate.formats import encode_label_png, label_sha256, read_label_png
 from alframe.annotate.labelstudio_client import (
@@ -59,9 +58,10 @@ from alframe.annotate.labelstudio_client import (
     LabelStudioError,
     LabelStudioNotFound,
 )
-from alframe.annotate.project import Project
+from alframe.annotate.project import STORED_IGNORE, Project
 from alframe.annotate.store import StateStore, now
 from alframe.errors import ConfigError, StateError
+from alframe.loop.effort import correction_measures
 
 __all__ = [
     "DEFAULT_TOKEN_ENV",
@@ -724,13 +724,14 @@ def push_round_tasks(
         tasks.append(new_task)
         pending_rows.append((item, who, round_index, pre_path, pre_sha, model_version))
     if tasks:
+        task_ids = client.import_tasks(link.project_id, tasks)
+        checkpoint("push:imported")
         if report.pre_annotated:
-            # What the settings page calls "use predictions to pre-label tasks" with this model.
+            # The settings page's "use predictions to pre-label tasks" with this model (Label
+            # Studio accepts only a model version that its predictions already have).
             client.update_project(
                 link.project_id, {"model_version": model_version, "show_collab_predictions": True}
             )
-        task_ids = client.import_tasks(link.project_id, tasks)
-        checkpoint("push:imported")
         for task_id, (item, who, round_index, pre_path, pre_sha, version) in zip(
             task_ids, pending_rows, strict=True
         ):
@@ -814,13 +815,13 @@ def correction_effort(pre: np.ndarray, final: np.ndarray, num_classes: int) -> t
         num_classes: K.
 
     Returns:
-        (fraction of pixels whose class changed, foreground Dice between pre and final — see
-        :func:`alframe.annotate.agreement.dice_agreement`).
+        (fraction of pixels whose class changed, foreground Dice between pre and final) — the
+        measure the simulated oracle's effort model uses (:mod:`alframe.loop.effort`).
     """
     if pre.shape != final.shape:
         raise ValueError(f"shapes differ: {pre.shape} vs {final.shape}")
-    changed = float(np.mean(pre != final)) if pre.size else 0.0
-    return changed, dice_agreement(pre, final, num_classes)
+    changed, dice = correction_measures(pre[None], final[None], num_classes, STORED_IGNORE)
+    return float(changed[0]), float(dice[0])
 
 
 def _when(annotation: Mapping[str, Any]) -> str:

@@ -499,6 +499,29 @@ class ActiveLearningRun:
         labels, _ = predict_label_maps(self.learner.predict_proba, unlabelled_ids)
         return labels
 
+    def _estimated_effort(
+        self, ids: Sequence[str], previous: Mapping[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """Estimated correction effort of the queried ``ids`` (:func:`alframe.loop.effort.
+        round_effort`): the previous round's model is the pre-annotation, none in the first
+        round. None when the learner cannot show the ground truth (it has no ``true_labels``).
+        """
+        true_labels = getattr(self.learner, "true_labels", None)
+        if true_labels is None or not ids:
+            return None
+        from alframe.data.dataset import IGNORE_INDEX
+        from alframe.loop.effort import round_effort
+
+        truth, num_classes = true_labels(list(ids))
+        pre = self._previous_pool_labels(previous, ids) if previous is not None else None
+        return round_effort(
+            pre,
+            truth,
+            num_classes,
+            previous=(previous or {}).get("effort"),
+            ignore_value=IGNORE_INDEX,
+        )
+
     def _run_round(
         self,
         round_index: int,
@@ -533,6 +556,8 @@ class ActiveLearningRun:
             ),
             round_dir / "selection.csv",
         )
+        # Before the oracle labels them and before the fit: the previous model pre-annotates.
+        effort = self._estimated_effort(selected_ids, previous)
         oracle.label(selected_ids)
 
         # The training set is fixed now: what stays unlabelled is where the signal is measured.
@@ -636,6 +661,7 @@ class ActiveLearningRun:
             "pool_agreement_items": len(unlabelled_ids) if agreement is not None else 0,
             "pool_predictions": pool_predictions,
             "pseudolabels": pseudo,
+            "effort": effort,
             "versions": package_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

@@ -365,6 +365,27 @@ class LightningLearner:
                 chunks.append(task.predict_proba(batch["image"]).cpu().numpy().astype(np.float32))
         return np.concatenate(chunks)
 
+    def true_labels(self, ids: Sequence[str]) -> tuple[np.ndarray, int]:
+        """The ground truth of pool items as the model sees it (eval transforms, model size).
+
+        The simulated oracle's effort model compares it with the previous model's prediction
+        (:mod:`alframe.loop.effort`); nothing trains on it here.
+
+        Returns:
+            ((N, H, W) int64 class indices, -1 where unlabelled; K).
+        """
+        from alframe.data import SegmentationDataset
+
+        samples = self._pool().subset(list(ids)).samples if ids else []
+        size = tuple(self.recipe.data.image_size)
+        if not samples:
+            return np.zeros((0, *size), dtype=np.int64), self.recipe.num_classes
+        dataset = SegmentationDataset(
+            samples, self.recipe.data, self.recipe.augment.eval, train=False
+        )
+        masks = [np.asarray(dataset[k]["mask"], dtype=np.int64) for k in range(len(dataset))]
+        return np.stack(masks), self.recipe.num_classes
+
     def evaluate(self, out_dir: Path | None = None) -> dict[str, dict[str, float]]:
         """Mean/std Dice and IoU of the current model on every ``data.evaluate`` set.
 

@@ -41,7 +41,8 @@ def _record_run(path: Path, uri: str, run_id: str) -> None:
 def round_metrics(manifest: Mapping[str, Any]) -> dict[str, float]:
     """Flat MLflow metrics of a round: ``n_labelled``, ``<set>_<metric>`` per evaluation set,
     ``fit_*``, from round 1 on ``pool_agreement`` / ``pool_agreement_items`` (the label-free
-    stopping signal) and, with pseudo-labels, ``pseudo_*`` (their accuracy on the pool)."""
+    stopping signal), ``effort_*`` (estimated correction effort of the queried items) and, with
+    pseudo-labels, ``pseudo_*`` (their accuracy on the pool)."""
     metrics: dict[str, float] = {
         "n_labelled": float(manifest["n_labelled"]),
         "n_selected": float(len(manifest.get("selected", []))),
@@ -58,6 +59,11 @@ def round_metrics(manifest: Mapping[str, Any]) -> dict[str, float]:
     if isinstance(manifest.get("pool_agreement"), int | float):
         metrics["pool_agreement"] = float(manifest["pool_agreement"])
         metrics["pool_agreement_items"] = float(manifest.get("pool_agreement_items") or 0)
+    # Estimated correction effort of the queried items (alframe.loop.effort).
+    effort = manifest.get("effort") or {}
+    for key in ("changed_fraction_sum", "changed_fraction_mean", "pre_dice_mean", "cumulative"):
+        if isinstance(effort.get(key), int | float):
+            metrics[f"effort_{key}"] = float(effort[key])
     # Pseudo-labels of the unlabelled pool against its hidden ground truth (simulations).
     pseudo = manifest.get("pseudolabels") or {}
     for key in ("dice_mean", "pixel_accuracy_mean", "coverage_mean", "n_items"):

@@ -46,6 +46,7 @@ RESULT_COLUMNS = [
     "steps",
     "pool_agreement",
     "pool_agreement_items",
+    "estimated_effort",
 ]
 
 
@@ -82,6 +83,7 @@ def results_frame(manifests: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                     "steps": fit.get("steps"),
                     "pool_agreement": manifest.get("pool_agreement"),
                     "pool_agreement_items": manifest.get("pool_agreement_items"),
+                    "estimated_effort": (manifest.get("effort") or {}).get("cumulative"),
                 }
             )
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
