@@ -547,3 +547,71 @@ def test_pre_annotations_and_effort(
     np.testing.assert_array_equal(pre, expected_pre)
     task = setup.api("GET", f"/api/tasks/{row['task_id']}")
     assert task["predictions"][0]["model_version"] == row["model_version"]
+
+
+# ----------------------------------------------------------------------------- watch mode
+def test_watch_retrains_pushes_and_stops_cleanly_on_ctrl_c(
+    label_studio: LocalLabelStudio,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import signal
+    import time
+
+    setup = _connect(tmp_path, label_studio, monkeypatch, budget=3)
+    env = dict(os.environ, LABEL_STUDIO_API_KEY=label_studio.token)
+    env.pop(faults.FAULT_ENV, None)
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "alframe.cli.main",
+            "round",
+            "watch",
+            str(setup.project),
+            "--retrain-every",
+            "3",
+            "--budget",
+            "2",
+            "--interval",
+            "1",
+            "--no-track",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        primaries = {}
+        for row in setup.tasks:
+            primaries.setdefault(row["id"], row)
+        for row in primaries.values():
+            setup.submit(row, [brush_result(_truth(setup, row["id"]) > 0, "foreground")])
+        deadline = time.monotonic() + 240
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and watcher.poll() is None:
+            rows = [r for r in _rows(setup.project) if r["round"] == 2]
+            if rows:
+                break
+            time.sleep(1)
+        assert rows, "watch did not push a second round"
+        time.sleep(2)  # now it polls (sleeps) again: stop it there
+        watcher.send_signal(signal.SIGINT)
+        out, _ = watcher.communicate(timeout=120)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert watcher.returncode == 0, out
+    assert "stopped; everything synced so far is kept" in out
+    assert "3 new labels: training on 3" in out
+    with open_project(setup.project) as opened:  # consistent, nothing to recover
+        assert opened.notes == []
+        trained = opened.store.query("SELECT n_labelled FROM trainings")
+        assert [int(r["n_labelled"]) for r in trained] == [3]
+    assert all(r["model_version"] == "alframe-train-001" for r in rows)
+    stored = _stored(setup.project)
+    assert {item for item, _ in stored} == set(primaries)
+    for (item, _), labels in stored.items():
+        np.testing.assert_array_equal(labels, _truth(setup, item))
