@@ -615,3 +615,93 @@ def test_watch_retrains_pushes_and_stops_cleanly_on_ctrl_c(
     assert {item for item, _ in stored} == set(primaries)
     for (item, _), labels in stored.items():
         np.testing.assert_array_equal(labels, _truth(setup, item))
+
+
+# ------------------------------------------------------------------------- push crash, users
+def _push_subprocess(project: Path, fault: int | None, token: str) -> int | str:
+    env = dict(os.environ, LABEL_STUDIO_API_KEY=token)
+    env.pop(faults.FAULT_ENV, None)
+    if fault is not None:
+        env[faults.FAULT_ENV] = str(fault)
+    done = subprocess.run(
+        [sys.executable, "-m", "alframe.cli.main", "round", "push", str(project)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode not in (0, faults.FAULT_EXIT_CODE):
+        return f"exit {done.returncode}: {done.stderr[-2000:]}"
+    return done.returncode
+
+
+def test_push_killed_at_any_point_creates_each_task_once(
+    label_studio: LocalLabelStudio,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = make_project(tmp_path / "base", annotators=("alice", "bob"), overlap=0.5, budget=3)
+    monkeypatch.setenv(TOKEN_ENV, label_studio.token)
+    with open_project(base, write=False) as opened:
+        pairs = {(r["id"], r["annotator"]) for r in opened.store.query("SELECT * FROM assignments")}
+    # uploads (one per task), the import, then the transaction's begin / before-commit / commit
+    n_checkpoints = len(pairs) + 4
+    for fault in sorted({1, len(pairs), len(pairs) + 1, len(pairs) + 2, n_checkpoints}):
+        trial = copy_project(base, tmp_path / f"trial-{fault}")
+        assert _run("project", "connect", trial, "--label-studio", label_studio.url) == 0
+        assert _push_subprocess(trial, fault, label_studio.token) == faults.FAULT_EXIT_CODE
+        assert _push_subprocess(trial, None, label_studio.token) == 0
+        assert _push_subprocess(trial, None, label_studio.token) == 0
+        with open_project(trial, write=False) as opened:
+            project_id = opened.store.get_json("labelstudio")["project_id"]
+        rows = _rows(trial)
+        assert {(r["id"], r["annotator"]) for r in rows} == pairs, f"fault {fault}"
+        request = urllib.request.Request(
+            f"{label_studio.url}/api/tasks?project={project_id}&page_size=100&fields=all"
+        )
+        request.add_header("Authorization", f"Token {label_studio.token}")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            tasks = json.loads(response.read())["tasks"]
+        in_ls = [(t["data"]["alframe_id"], t["data"]["alframe_annotator"]) for t in tasks]
+        assert sorted(in_ls) == sorted(pairs), f"fault {fault}: tasks {in_ls}"
+        assert {r["task_id"] for r in rows} == {t["id"] for t in tasks}
+
+
+def test_label_studio_users_map_to_annotators(
+    label_studio: LocalLabelStudio,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    setup = _connect(tmp_path, label_studio, monkeypatch, budget=4)
+    assert (
+        _run(
+            "project",
+            "connect",
+            setup.project,
+            "--label-studio",
+            label_studio.url,
+            "--user",
+            "carol.smith@lab.org=bob",
+        )
+        == 0
+    )
+    assert "attached to" in capsys.readouterr().out
+    bob = next(r for r in setup.tasks if r["annotator"] == "bob")
+    alice = next(r for r in setup.tasks if r["annotator"] == "alice" and r["id"] != bob["id"])
+    truth_bob = _truth(setup, bob["id"]) > 0
+    truth_alice = _truth(setup, alice["id"]) > 0
+    setup.submit(bob, [brush_result(truth_bob, "foreground")], who="carol.smith")
+    setup.submit(alice, [brush_result(truth_alice, "foreground")], who="dave")  # unmapped
+    assert _run("round", "sync", setup.project) == 0
+    stored = _stored(setup.project)
+    assert set(stored) == {(bob["id"], "bob"), (alice["id"], "alice")}
+    with open_project(setup.project, write=False) as opened:
+        users = {
+            (r["id"], r["annotator"]): r["ls_user"]
+            for r in opened.store.query("SELECT * FROM ls_annotations")
+        }
+    assert users == {
+        (bob["id"], "bob"): "carol.smith@lab.org",
+        (alice["id"], "alice"): "dave@lab.org",
+    }
