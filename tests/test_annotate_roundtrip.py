@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -387,3 +390,109 @@ def test_round_train_measures_model_agreement_on_the_unlabelled_items(
     assert third.pool_agreement["value"] == pytest.approx(
         _independent_agreement(project, (2, 3), unlabelled), abs=1e-9
     )
+
+
+# ------------------------------------------- issue 17: pseudo-label quality and degenerate models
+@dataclass
+class _Trained:
+    root: Path
+    project: Path
+    checkpoint: Path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> _Trained:
+    from alframe.annotate import train_round
+
+    root = tmp_path_factory.mktemp("pseudo_quality")
+    project = make_project(root, annotators=("alice",), overlap=0.0, budget=8, n_images=24)
+    write_mask_folder(project, root / "masks", assignments(project))
+    with open_project(project) as opened:
+        import_labels(opened, root / "masks")
+        result = train_round(opened, track=False, overrides=["train.max_epochs=5"])
+    return _Trained(root=root, project=project, checkpoint=result.checkpoint)
+
+
+def _variant(trained: _Trained, name: str, change: Callable[[str, Any], Any]) -> Path:
+    """A copy of the trained checkpoint with every state tensor passed through ``change``."""
+    import torch
+
+    saved = torch.load(trained.checkpoint, map_location="cpu", weights_only=True)
+    saved["state_dict"] = {k: change(k, v) for k, v in saved["state_dict"].items()}
+    path = trained.root / f"{name}.ckpt"
+    torch.save(saved, path)
+    return path
+
+
+def _true_dice(project: Path) -> float:
+    """Mean foreground Dice of the recorded pseudo-labels against the held-back masks."""
+    from alframe.annotate import pseudo_label_paths
+    from alframe.loop.pool_agreement import label_agreement
+
+    with open_project(project, write=False) as opened:
+        files = pseudo_label_paths(opened)
+        masks = {i: s.mask_path for i, s in opened.samples().items()}
+    predicted = np.stack([read_label_png(files[i]) for i in sorted(files)])
+    truth = np.stack([(np.asarray(Image.open(masks[i])) > 0) for i in sorted(files)])
+    return float(label_agreement(predicted, truth.astype(np.uint8), 2).mean())
+
+
+def test_pseudo_label_quality_measure_tracks_true_dice(trained: _Trained) -> None:
+    import torch
+    from scipy.stats import spearmanr
+
+    from alframe.annotate import pseudo_label_project
+
+    rows = []
+    for k, scale in enumerate((0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)):
+        generator = torch.Generator().manual_seed(k)
+
+        def noisy(name: str, value: Any, scale: float = scale, g: Any = generator) -> Any:
+            if not value.is_floating_point() or value.numel() < 2 or "running_" in name:
+                return value
+            return value + scale * value.std() * torch.randn(value.shape, generator=g)
+
+        model = _variant(trained, f"noise_{k}", noisy)
+        with open_project(trained.project) as opened:
+            result = pseudo_label_project(opened, model, allow_degenerate=True)
+        assert result.estimated_dice is not None and result.model_agreement is not None
+        rows.append(
+            (
+                _true_dice(trained.project),
+                result.estimated_dice,
+                result.model_agreement,
+                result.mean_confidence,
+            )
+        )
+    table = np.asarray(rows)
+    assert np.ptp(table[:, 0]) > 0.1, table  # the models really differ in quality
+    estimate = spearmanr(table[:, 0], table[:, 1]).statistic
+    agreement = spearmanr(table[:, 0], table[:, 2]).statistic
+    confidence = spearmanr(table[:, 0], table[:, 3]).statistic
+    assert estimate >= 0.6 and agreement >= 0.6, (estimate, agreement, table)
+    assert estimate > confidence, (estimate, confidence, table)
+    # The estimate is on the scale of the true Dice, not of the similarity.
+    assert np.abs(table[:, 1] - table[:, 0]).mean() < 0.15, table
+
+
+def test_pseudo_labels_of_a_degenerate_model_are_refused(
+    trained: _Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def all_background(name: str, value: Any) -> Any:
+        return value - 50.0 if name.endswith("segmentation_head.0.bias") else value
+
+    model = _variant(trained, "all_background", all_background)
+    project = str(trained.project)
+    before = state_digest(trained.project)
+    assert main(["round", "pseudolabel", project, "--checkpoint", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is degenerate on the" in err and "all background" in err
+    assert "nothing was recorded" in err
+    assert state_digest(trained.project) == before
+    assert (
+        main(["round", "pseudolabel", project, "--checkpoint", str(model), "--allow-degenerate"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "warning: the model is degenerate on the pool (all background" in out
+    assert "estimated Dice of the pseudo-labels: " in out and "mean confidence" not in out

@@ -11,8 +11,10 @@ label always wins over a pseudo-label.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +22,11 @@ from alframe.annotate.project import STORED_IGNORE, Project
 from alframe.annotate.pseudo import record_pseudo_labels
 from alframe.errors import StateError
 
-__all__ = ["ProjectPseudoLabels", "pseudo_label_project"]
+__all__ = ["ProjectPseudoLabels", "pseudo_label_project", "reference_dice"]
+
+
+REFERENCE_FOLDS = 10
+"""At most this many folds of the references estimate the pseudo-labels' Dice."""
 
 
 @dataclass(frozen=True)
@@ -31,13 +37,27 @@ class ProjectPseudoLabels:
         n_references: human-labelled items used as references.
         n_recorded: pseudo-labels stored.
         checkpoint: the model whose features were matched.
-        mean_confidence: mean per-pixel confidence (best cosine similarity for top-1).
+        mean_confidence: mean per-pixel match similarity (best cosine similarity for top-1).
+            Not a quality measure: decoder features of any model are similar to each other
+            (0.99 from a model with Dice 0.14); see ``estimated_dice``.
+        estimated_dice: the quality measure: mean foreground Dice of RPG pseudo-labels of the
+            human-labelled items against their human labels, each item pseudo-labelled from the
+            references of the other folds (k-fold over the references); None with fewer than
+            two references.
+        model_agreement: label-free: mean foreground Dice between the pseudo-labels and the
+            model's own predictions on the pseudo-labelled items
+            (:func:`~alframe.loop.pool_agreement.label_agreement`).
+        degenerate: why the model is degenerate on the pool by the label-free guard
+            (:class:`~alframe.ranking.guard.DegenerateGuard`), or None.
     """
 
     n_references: int
     n_recorded: int
     checkpoint: Path
     mean_confidence: float
+    estimated_dice: float | None = None
+    model_agreement: float | None = None
+    degenerate: str | None = None
 
 
 def _resolve_checkpoint(project: Project, checkpoint: str | os.PathLike[str] | None) -> Path:
@@ -55,25 +75,80 @@ def _resolve_checkpoint(project: Project, checkpoint: str | os.PathLike[str] | N
     return path
 
 
+def _foreground_dice(predicted: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N,) foreground Dice of (N, H, W) predictions against labels; pixels that are unlabelled
+    in ``truth`` (< 0) or unassigned in ``predicted`` (< 0) are left out."""
+    from alframe.loop.pool_agreement import label_agreement
+
+    left_out = (truth < 0) | (predicted < 0)
+    return label_agreement(
+        np.where(left_out, 0, predicted), np.where(left_out, 0, truth), num_classes
+    )
+
+
+def reference_dice(
+    make_labeller: Callable[[], Any],
+    images: Any,
+    masks: Any,
+    num_classes: int,
+    seed: int,
+    folds: int = REFERENCE_FOLDS,
+) -> np.ndarray | None:
+    """Dice of RPG pseudo-labels of each reference, made from the references of other folds.
+
+    The references are the only items with human labels, so this is how well pseudo-labels of
+    *this* model and *these* references reproduce a human label on an item they have not seen.
+
+    Args:
+        make_labeller: a new, unfitted pseudo-labeller (``fit(images, masks)``, ``predict``).
+        images: (N, C, H, W) reference images (tensor).
+        masks: (N, H, W) int64 class indices, -1 = unlabelled (tensor).
+        num_classes: K.
+        seed: seeds the split into folds.
+        folds: number of folds (at most N).
+
+    Returns:
+        (N,) per-reference Dice, or None with fewer than two references.
+    """
+    n = int(images.shape[0])
+    if n < 2:
+        return None
+    order = np.random.default_rng(seed).permutation(n)
+    scores = np.zeros(n, dtype=np.float64)
+    for held in np.array_split(order, min(folds, n)):
+        kept = np.setdiff1d(order, held)
+        labeller = make_labeller().fit(images[kept], masks[kept])
+        predicted = labeller.predict(images[held]).labels.cpu().numpy()
+        scores[held] = _foreground_dice(predicted, masks[held].cpu().numpy(), num_classes)
+    return scores
+
+
 def pseudo_label_project(
     project: Project,
     checkpoint: str | os.PathLike[str] | None = "latest",
     batch_size: int = 8,
+    allow_degenerate: bool = False,
 ) -> ProjectPseudoLabels:
     """Pseudo-label every unlabelled pool item of ``project`` with RPG and record the labels.
 
-    Matching options come from the recipe's ``pseudolabel.rpg`` section.
+    Matching options come from the recipe's ``pseudolabel.rpg`` section. Before anything is
+    recorded, the model's own predictions on the items are checked by the label-free
+    degenerate-model guard (all foreground, all background, the same mask for every image): a
+    degenerate model's pseudo-labels would only teach its mistake. The outcome reports the
+    pseudo-labels' estimated Dice (k-fold over the human-labelled references) as their quality.
 
     Args:
         project: the open project (writable).
         checkpoint: ``"latest"`` (the latest ``round train`` model), or a checkpoint file.
         batch_size: images per forward pass.
+        allow_degenerate: record the pseudo-labels of a degenerate model anyway.
 
     Returns:
         :class:`ProjectPseudoLabels`.
 
     Raises:
-        StateError: nothing is labelled yet, no model, or nothing left to pseudo-label.
+        StateError: nothing is labelled yet, no model, nothing left to pseudo-label, or the
+            model is degenerate (unless ``allow_degenerate``).
     """
     import torch
     from torch.utils.data import DataLoader
@@ -84,6 +159,7 @@ def pseudo_label_project(
     from alframe.models import load_task
     from alframe.pseudolabel.features import DecoderFeatures
     from alframe.pseudolabel.rpg import RPGOptions, RPGPseudoLabeller
+    from alframe.ranking.guard import DegenerateGuard, ProfileAccumulator
 
     labels = project.label_files()
     if not labels:
@@ -105,16 +181,18 @@ def pseudo_label_project(
     )
     ref_set.label_files = frozenset(labels.values())
     ref_items = [ref_set[i] for i in range(len(ref_set))]
-    labeller = RPGPseudoLabeller(
-        DecoderFeatures(task),
-        recipe.num_classes,
-        options=RPGOptions(**recipe.pseudolabel.rpg.model_dump()),
-        batch_size=batch_size,
-    )
-    labeller.fit(
-        torch.stack([item["image"] for item in ref_items]),
-        torch.stack([item["mask"] for item in ref_items]),
-    )
+
+    def make_labeller() -> RPGPseudoLabeller:
+        return RPGPseudoLabeller(
+            DecoderFeatures(task),
+            recipe.num_classes,
+            options=RPGOptions(**recipe.pseudolabel.rpg.model_dump()),
+            batch_size=batch_size,
+        )
+
+    ref_images = torch.stack([item["image"] for item in ref_items])
+    ref_masks = torch.stack([item["mask"] for item in ref_items])
+    labeller = make_labeller().fit(ref_images, ref_masks)
 
     # Pool images only: their mask files (if any) are never read for pseudo-labelling.
     target_samples = [replace(samples[i], mask_path=None) for i in targets]
@@ -122,9 +200,17 @@ def pseudo_label_project(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     produced: dict[str, np.ndarray] = {}
     confidences: list[float] = []
+    agreements: list[np.ndarray] = []
+    profile = ProfileAccumulator()
     position = 0
     for batch in loader:
         pseudo = labeller.predict(batch["image"])
+        with torch.no_grad():
+            proba = task.predict_proba(batch["image"]).cpu().numpy()
+        profile.add(proba)
+        agreements.append(
+            _foreground_dice(pseudo.labels.cpu().numpy(), proba.argmax(axis=1), recipe.num_classes)
+        )
         for row in range(pseudo.labels.shape[0]):
             sample = target_samples[position]
             position += 1
@@ -136,10 +222,24 @@ def pseudo_label_project(
             stored = np.where(out < 0, STORED_IGNORE, out).astype(np.uint8)
             produced[sample.id] = stored
             confidences.append(float(pseudo.confidence[row].mean()))
+    degenerate = DegenerateGuard().check(profile.profile())
+    if degenerate is not None and not allow_degenerate:
+        raise StateError(
+            f"the model {model_file.name} is degenerate on the {len(targets)} unlabelled items "
+            f"({degenerate}), so its pseudo-labels would only teach that; nothing was recorded "
+            "— train it on more labels first (`alframe round train DIR`), or pass "
+            "--allow-degenerate to record them anyway"
+        )
+    estimate = reference_dice(
+        make_labeller, ref_images, ref_masks, recipe.num_classes, seed=recipe.seed
+    )
     recorded = record_pseudo_labels(project, produced, source=f"rpg:{model_file.name}")
     return ProjectPseudoLabels(
         n_references=len(references),
         n_recorded=recorded,
         checkpoint=model_file,
         mean_confidence=float(np.mean(confidences)) if confidences else float("nan"),
+        estimated_dice=float(estimate.mean()) if estimate is not None else None,
+        model_agreement=float(np.concatenate(agreements).mean()) if agreements else None,
+        degenerate=degenerate,
     )

@@ -128,12 +128,25 @@ def cmd_round_pseudolabel(args: argparse.Namespace) -> int:
 
     with open_project(args.dir) as project:
         _notes(project)
-        result = pseudo_label_project(project, args.checkpoint)
+        result = pseudo_label_project(
+            project, args.checkpoint, allow_degenerate=args.allow_degenerate
+        )
     print(
         f"recorded {result.n_recorded} pseudo-labels from {result.n_references} labelled "
-        f"references (model {result.checkpoint}; mean confidence {result.mean_confidence:.3f}); "
-        "train on them with `alframe round train DIR --pseudo-labels`"
+        f"references (model {result.checkpoint}); train on them with `alframe round train DIR "
+        "--pseudo-labels`"
     )
+    if result.estimated_dice is not None:
+        print(
+            f"  estimated Dice of the pseudo-labels: {result.estimated_dice:.3f} (each labelled "
+            "item pseudo-labelled from the others and compared with its human label)"
+        )
+    else:
+        print("  estimated Dice of the pseudo-labels: needs two labelled items")
+    if result.model_agreement is not None:
+        print(f"  agreement with the model's own predictions: {result.model_agreement:.3f}")
+    if result.degenerate is not None:
+        print(f"  warning: the model is degenerate on the pool ({result.degenerate})")
     return 0
 
 
@@ -260,6 +273,11 @@ def add_commands(sub: Any) -> None:
         "--checkpoint",
         default="latest",
         help="model whose decoder features are matched (default: latest `round train` model)",
+    )
+    pseudo.add_argument(
+        "--allow-degenerate",
+        action="store_true",
+        help="record pseudo-labels even when the model predicts one mask for everything",
     )
     pseudo.set_defaults(handler=cmd_round_pseudolabel)
 
