@@ -457,9 +457,8 @@ def project_is_writable(root: Path) -> bool:
     ``os.access`` asks the kernel the question a write would: it is False for another user's
     folder and for a read-only mount, and True for root wherever root can write.
     """
-    paths = [root, root / STATE_FILE]
-    if (root / LOCK_FILE).exists():
-        paths.append(root / LOCK_FILE)
+    # A missing state store is reported by StateStore, not as a permission problem.
+    paths = [root, *(p for p in (root / STATE_FILE, root / LOCK_FILE) if p.exists())]
     return all(os.access(path, os.W_OK) for path in paths)
 
 
