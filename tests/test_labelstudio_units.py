@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 from test_annotate_support import encode_brush_rle as reference_encode
+from test_annotate_support import make_project, state_digest
 
+from alframe.annotate import open_project
 from alframe.annotate.formats import brush_mask, decode_brush_rle
 from alframe.annotate.labelstudio import (
     _controls,
     brush_results,
+    check_pre_annotate,
     class_colours,
     correction_effort,
     effort_metrics,
@@ -20,6 +24,9 @@ from alframe.annotate.labelstudio import (
     labelling_config,
 )
 from alframe.annotate.labelstudio_client import LabelStudioClient, LabelStudioError
+from alframe.annotate.labelstudio_server import free_port
+from alframe.cli.main import main
+from alframe.errors import ConfigError, StateError
 
 
 @pytest.mark.parametrize(
@@ -120,3 +127,51 @@ def test_effort_metrics_leave_out_unmeasured_values() -> None:
 def test_client_refuses_a_non_http_url() -> None:
     with pytest.raises(LabelStudioError, match="not an http"):
         LabelStudioClient("localhost:8080", "t")
+
+
+# ------------------------------------------------ user errors that need no Label Studio server
+def test_commands_on_an_unconnected_project_or_without_token_change_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = make_project(tmp_path, annotators=("alice",), overlap=0.0, budget=2)
+    before = state_digest(project)
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    cases = [
+        (["round", "sync", str(project)], "is not connected to Label Studio"),
+        (["round", "push", str(project)], "is not connected to Label Studio"),
+        (["project", "connect", str(project), "--label-studio", dead], "is not set"),
+        (
+            ["project", "connect", str(project), "--label-studio", dead, "--user", "x@y"],
+            "expected LABEL_STUDIO_EMAIL_OR_USERNAME=ANNOTATOR",
+        ),
+        (
+            ["project", "connect", str(project), "--label-studio", dead, "--user", "x@y=zed"],
+            "'zed' is not an annotator",
+        ),
+        (["project", "connect", str(project), "--label-studio", "ftp://x"], "is not set"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("alframe: error: ") and "\n" not in err and needle in err, err
+        assert state_digest(project) == before
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0" * 40)
+    assert main(["project", "connect", str(project), "--label-studio", "ftp://x"]) == 2
+    assert "not an http(s) URL" in capsys.readouterr().err
+    assert main(["project", "connect", str(project), "--label-studio", dead]) == 2
+    assert "cannot be reached" in capsys.readouterr().err
+    assert state_digest(project) == before
+
+
+def test_pre_annotation_modes_are_checked_before_selecting(tmp_path: Path) -> None:
+    project = make_project(tmp_path, annotators=("alice",), overlap=0.0, budget=2)
+    with open_project(project) as opened:
+        check_pre_annotate(opened, "auto")
+        check_pre_annotate(opened, "none")
+        with pytest.raises(StateError, match="no model has been trained"):
+            check_pre_annotate(opened, "model")
+        with pytest.raises(StateError, match="no pseudo-labels are recorded"):
+            check_pre_annotate(opened, "rpg")
+        with pytest.raises(ConfigError, match="expected auto, model, rpg or none"):
+            check_pre_annotate(opened, "bogus")

@@ -6,6 +6,9 @@ exports a batch (:func:`next_round`); ``round import`` validates and commits mas
 (:func:`project_status`); ``round pseudolabel`` records RPG pseudo-labels for unlabelled items
 (:func:`pseudo_label_project`); ``round train`` trains on the labels (:func:`train_round`). State lives
 in one SQLite store per project; see :mod:`alframe.annotate.store` for the crash-safety design.
+A project connected to a live Label Studio server (``project connect``) has its rounds pushed as
+tasks with pre-annotations and its annotations pulled by ``round sync``
+(:mod:`alframe.annotate.labelstudio`; HTTP through the standard library, no extra package).
 Nothing here imports torch until training starts.
 """
 

@@ -457,9 +457,9 @@ def connect_project(
         LabelStudioError / ConfigError: no token, server down, token refused, unusable project.
     """
     previous = read_link(project)
+    user_map = _parse_user_map(users, project.settings.annotators)
     client = client_for(url, token_env)
     client.whoami()
-    user_map = _parse_user_map(users, project.settings.annotators)
     created = False
     if project_id is None and previous is not None and previous.url == client.url:
         project_id = previous.project_id  # connecting again: keep the same project
@@ -576,11 +576,31 @@ def rpg_pre_annotations(project: Project, ids: Sequence[str]) -> tuple[dict[str,
     )
 
 
+def check_pre_annotate(project: Project, mode: str) -> None:
+    """Refuse a pre-annotation mode that cannot work, before ``round next`` selects anything.
+
+    Raises:
+        ConfigError: unknown mode.
+        StateError: ``model`` without a trained model, ``rpg`` without recorded pseudo-labels.
+    """
+    if mode not in ("auto", "model", "rpg", "none"):
+        raise ConfigError(f"--pre-annotate {mode!r}: expected auto, model, rpg or none")
+    if mode == "model" and project.latest_checkpoint() is None:
+        raise StateError(
+            "--pre-annotate model: no model has been trained in this project yet; run `alframe "
+            "round train DIR` first, or use --pre-annotate none (nothing was selected)"
+        )
+    if mode == "rpg" and not project.store.query("SELECT 1 FROM pseudo_labels LIMIT 1"):
+        raise StateError(
+            "--pre-annotate rpg: no pseudo-labels are recorded; run `alframe round pseudolabel "
+            "DIR` first, or use --pre-annotate model (nothing was selected)"
+        )
+
+
 def _pre_annotations(
     project: Project, ids: Sequence[str], mode: str
 ) -> tuple[dict[str, np.ndarray], str | None]:
-    if mode not in ("auto", "model", "rpg", "none"):
-        raise ConfigError(f"--pre-annotate {mode!r}: expected auto, model, rpg or none")
+    check_pre_annotate(project, mode)
     if not ids or mode == "none":
         return {}, None
     if mode == "rpg":

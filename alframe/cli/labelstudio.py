@@ -26,29 +26,32 @@ def _notes(project: Any) -> None:
         print(f"recovered: {note}")
 
 
-def connected_client(project: Any) -> Any:
-    """(link, client) of a connected project with server and token checked; None otherwise.
+def connected_client(project: Any, pre_annotate: str = "auto") -> Any:
+    """(link, client) of a connected project with server, token and pre-annotation mode
+    checked; None otherwise.
 
-    ``round next`` calls it *before* selecting, so a server that is down or a refused token
-    stops the command with the project unchanged.
+    ``round next`` calls it *before* selecting, so a server that is down, a refused token or a
+    pre-annotation that cannot be made stops the command with the project unchanged.
     """
-    from alframe.annotate.labelstudio import open_link, read_link
+    from alframe.annotate.labelstudio import check_pre_annotate, open_link, read_link
 
     if read_link(project) is None:
         return None
+    check_pre_annotate(project, pre_annotate)
     return open_link(project)
 
 
 def push_after_next(project: Any, live: Any, round_index: int, pre_annotate: str) -> list[str]:
     """Push the new round's tasks; returns lines to print. A failure names the way out."""
     from alframe.annotate.labelstudio import LabelStudioError, push_round_tasks
+    from alframe.errors import AlframeError
 
     if live is None:
         return []
     link, client = live
     try:
         report = push_round_tasks(project, link, client, pre_annotate)
-    except LabelStudioError as err:
+    except AlframeError as err:
         raise LabelStudioError(
             f"round {round_index} is committed but its tasks were not all pushed ({err}); run "
             f"`alframe round push {project.root}` when Label Studio is back"
@@ -167,7 +170,6 @@ def watch(
         The exit code (0).
     """
     from alframe.annotate import next_round, open_project, train_round
-    from alframe.annotate.labelstudio import open_link
     from alframe.cli.commands import quiet_lightning
     from alframe.errors import ConfigError
 
@@ -196,7 +198,7 @@ def watch(
                     print(f"run {result.run}: validation Dice {result.best_val_dice:.4f}")
                     size = budget if budget is not None else project.recipe.select.budget
                     if size:
-                        live = open_link(project)
+                        live = connected_client(project, pre_annotate)
                         exported = next_round(project, size)
                         print(f"round {exported.round}: {len(exported.ids)} items selected")
                         for line in push_after_next(project, live, exported.round, pre_annotate):

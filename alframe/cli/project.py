@@ -64,7 +64,8 @@ def cmd_round_next(args: argparse.Namespace) -> int:
         if budget is None:
             raise ConfigError("no budget: pass --budget N or set select.budget in the recipe")
         annotators = args.annotators.split(",") if args.annotators else None
-        live = connected_client(project)  # Label Studio checked before anything is selected
+        # Label Studio (server, token, pre-annotations) checked before anything is selected.
+        live = connected_client(project, args.pre_annotate)
         result = next_round(
             project,
             budget,
@@ -206,6 +207,7 @@ def cmd_export_nnunet(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Add the ``project``, ``round`` and ``export`` sub-commands to ``sub``."""
     from alframe.cli import labelstudio
+
     project = sub.add_parser("project", help="labelling projects (init)")
     project_sub = project.add_subparsers(dest="project_action", metavar="ACTION", required=True)
     init = project_sub.add_parser("init", help="create a labelling project for a recipe's pool")
