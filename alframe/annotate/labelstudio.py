@@ -786,7 +786,8 @@ class SyncReport:
     Attributes:
         new / replaced / unchanged: (id, annotator) pairs, as :class:`ImportReport` counts them.
         recorded: annotation versions recorded now (with their effort).
-        skipped: (task id, id, annotator, Label Studio user) of skipped / cancelled annotations.
+        skipped: (task id, id, annotator, Label Studio user) of skipped / cancelled annotations
+            whose item the annotator has not labelled (reported, never imported).
         pending: items of committed rounds still without any label.
         notes: for the user.
     """
@@ -929,6 +930,11 @@ def sync_annotations(
                 int(best[1].get("id", 0)),
             ):
                 chosen[key] = (task_id, annotation, shown)
+    # A skip is news only while its (item, annotator) has no label: once someone submitted,
+    # reporting it on every sync would be noise.
+    report.skipped = [
+        s for s in report.skipped if (s[1], s[2]) not in labelled and (s[1], s[2]) not in chosen
+    ]
     fresh = {
         key: value
         for key, value in chosen.items()

@@ -220,14 +220,15 @@ class LabelStudioClient:
         return [int(i) for i in ids]
 
     def tasks(self, project_id: int) -> list[dict[str, Any]]:
-        """Every task of a project (data, ids, predictions; no annotations), page by page."""
+        """Every task of a project (ids, data and counters; not the full predictions or
+        annotations), page by page."""
         out: list[dict[str, Any]] = []
         page = 1
         while True:
             try:
                 answer = self.request(
                     "GET",
-                    f"/api/tasks?project={int(project_id)}&page={page}&page_size=100&fields=all",
+                    f"/api/tasks?project={int(project_id)}&page={page}&page_size=100",
                 )
             except LabelStudioNotFound:
                 break  # past the last page
