@@ -20,7 +20,7 @@ import numpy as np
 
 from alframe.annotate.project import STORED_IGNORE, Project
 from alframe.annotate.pseudo import record_pseudo_labels
-from alframe.errors import StateError
+from alframe.errors import ConfigError, StateError
 
 __all__ = ["ProjectPseudoLabels", "pseudo_label_project", "reference_dice"]
 
@@ -201,13 +201,17 @@ def pseudo_label_project(
     produced: dict[str, np.ndarray] = {}
     confidences: list[float] = []
     agreements: list[np.ndarray] = []
-    profile = ProfileAccumulator()
+    profile: ProfileAccumulator | None = ProfileAccumulator()
     position = 0
     for batch in loader:
         pseudo = labeller.predict(batch["image"])
         with torch.no_grad():
             proba = task.predict_proba(batch["image"]).cpu().numpy()
-        profile.add(proba)
+        if profile is not None:
+            try:
+                profile.add(proba)
+            except ConfigError:  # images of several sizes: the guard needs one size
+                profile = None
         agreements.append(
             _foreground_dice(pseudo.labels.cpu().numpy(), proba.argmax(axis=1), recipe.num_classes)
         )
@@ -222,7 +226,7 @@ def pseudo_label_project(
             stored = np.where(out < 0, STORED_IGNORE, out).astype(np.uint8)
             produced[sample.id] = stored
             confidences.append(float(pseudo.confidence[row].mean()))
-    degenerate = DegenerateGuard().check(profile.profile())
+    degenerate = DegenerateGuard().check(profile.profile()) if profile is not None else None
     if degenerate is not None and not allow_degenerate:
         raise StateError(
             f"the model {model_file.name} is degenerate on the {len(targets)} unlabelled items "
