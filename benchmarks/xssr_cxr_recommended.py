@@ -65,6 +65,47 @@ def per_seed_dice(run_dir: Path, primary: str) -> dict[str, dict[int, dict[int, 
     return found
 
 
+def agreement_runs(run_dir: Path, primary: str) -> dict[str, list[tuple[int, float, float | None]]]:
+    """Run folder → [(n_labelled, Dice on ``primary``, pool agreement or None)] per round."""
+    from alframe.loop import load_manifests
+
+    runs = {}
+    for folder, rounds in load_manifests(run_dir).items():
+        runs[folder] = [
+            (
+                int(m["n_labelled"]),
+                float(m["metrics"][primary]["dice_mean"]),
+                None if m.get("pool_agreement") is None else float(m["pool_agreement"]),
+            )
+            for m in rounds
+        ]
+    return runs
+
+
+def stop_rule_check(
+    runs: dict[str, list[tuple[int, float, float | None]]], threshold: float, n_rounds: int
+) -> dict[str, Any]:
+    """The multi-site page's stop rule (stop after the first round r ≥ 1 whose pool agreement
+    ≥ τ) applied out of sample: labels used and Dice lost against the last budget, per run."""
+    rows = []
+    for folder, rounds in sorted(runs.items()):
+        if len(rounds) < n_rounds or any(a is None for _, _, a in rounds[1:]):
+            continue
+        stop = next(
+            (r for r in range(1, len(rounds)) if rounds[r][2] >= threshold), len(rounds) - 1
+        )
+        rows.append(
+            {
+                "run": folder,
+                "agreements": [a for _, _, a in rounds[1:]],
+                "stop_labels": rounds[stop][0],
+                "last_labels": rounds[-1][0],
+                "loss_points": round(100 * (rounds[-1][1] - rounds[stop][1]), 2),
+            }
+        )
+    return {"threshold": threshold, "runs": rows}
+
+
 def compare(dice: dict[str, dict[int, dict[int, float]]]) -> list[dict[str, Any]]:
     """Per budget: both strategies' mean ± std and the paired (same seed) difference."""
     rows = []
@@ -145,11 +186,33 @@ def build_markdown(report: dict[str, Any]) -> str:
             "For context, the main run of [xssr_cxr.md](xssr_cxr.md) (same protocol, another "
             "session's run, 3 seeds): "
             + "; ".join(
-                f"{label} "
-                + " / ".join(f"{b['dice_mean']:.4f}@{b['n_labelled']}" for b in budgets)
+                f"{label} " + " / ".join(f"{b['dice_mean']:.4f}@{b['n_labelled']}" for b in budgets)
                 for label, budgets in main_rows.items()
             )
             + ".",
+        ]
+    stop = report.get("stop_rule_check")
+    if stop and stop["runs"]:
+        losses = [r["loss_points"] for r in stop["runs"]]
+        lines += [
+            "",
+            "## The multi-site stop rule, out of sample",
+            "",
+            f"[multisite_cxr.md](multisite_cxr.md) suggests stopping after the first round whose "
+            f"pool agreement ≥ τ = {stop['threshold']:g}, chosen on its own runs. Applied "
+            "unchanged to this pool's runs (loss = Dice at the last budget − Dice at the stop, "
+            "in points):",
+            "",
+            "| run | agreement per round (from round 2) | stops at | of | loss (pts) |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {r['run']} | {', '.join(f'{a:.4f}' for a in r['agreements'])} | "
+                f"{r['stop_labels']} | {r['last_labels']} | {r['loss_points']:+.2f} |"
+                for r in stop["runs"]
+            ),
+            "",
+            f"Mean loss {sum(losses) / len(losses):+.2f} points, worst {max(losses):+.2f}, over "
+            f"{len(losses)} runs.",
         ]
     lines += [
         "",
@@ -194,6 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     manifests = load_manifests(run_dir)
     planned = plan_arms(recipe, len(pool_samples(recipe, DataCatalog(recipe))))
     complete = [a for a in planned if len(manifests.get(a.folder_name, [])) >= a.schedule.n_rounds]
+    multisite_json = xssr_cxr.DOCS / "multisite_cxr.json"
+    stop_check = None
+    if multisite_json.is_file():
+        suggested = json.loads(multisite_json.read_text(encoding="utf-8"))["stopping_signal"][
+            "stop_rule"
+        ].get("suggested")
+        if suggested:
+            n_rounds = len(recipe.experiment.schedules[0].cumulative or [])
+            stop_check = stop_rule_check(
+                agreement_runs(run_dir, primary), float(suggested["threshold"]), n_rounds
+            )
     main_json = xssr_cxr.DOCS / "xssr_cxr.json"
     main_rows = {}
     if main_json.is_file():
@@ -211,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": [*xssr_cxr.CPU_PROTOCOL, *OVERRIDES],
         "comparison": compare(per_seed_dice(run_dir, primary)),
         "main_run_rows": main_rows,
+        "stop_rule_check": stop_check,
         "wall_seconds_this_invocation": None if seconds is None else round(seconds, 1),
         "environment": f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"torch threads {torch.get_num_threads()}",
