@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -276,3 +277,58 @@ def test_save_mae_roundtrip_keeps_hyperparameters(tmp_path: Path) -> None:
     assert loaded.hparams["norm_pix_loss"] is True
     for key, value in task.mae.state_dict().items():
         assert torch.equal(value, loaded.mae.state_dict()[key]), key
+
+
+class _StopAfterEpoch(L.Callback):
+    """Fails the fit at the end of epoch ``epoch`` (0-based), after the resume point is saved."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("killed")
+
+
+class _EpochCounter(L.Callback):
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epochs.append(trainer.current_epoch)
+
+
+def test_interrupted_mae_resumes_to_the_uninterrupted_weights(
+    tmp_path: Path, trained: tuple[Path, Any, Recipe, list[str]]
+) -> None:
+    from alframe.embed.extract import weights_hash
+
+    _, first, recipe, _ = trained
+    out = tmp_path / "killed"
+    # A plain callback runs before the resume-point Checkpoint: failing at the end of epoch 2
+    # (0-based) leaves the resume point of epoch 1.
+    with pytest.raises(RuntimeError, match="killed"):
+        train_mae(recipe, out_dir=out, samples=BlobImages(16), callbacks=[_StopAfterEpoch(2)])
+    folder = out / "mae"
+    assert (folder / "resume.ckpt").is_file() and not (folder / "mae.ckpt").exists()
+    counter = _EpochCounter()
+    resumed = train_mae(recipe, out_dir=out, samples=BlobImages(16), callbacks=[counter])
+    assert counter.epochs == [2, 3]  # continued; a restart would run 0..3 to the same weights
+    assert resumed.loss_history == pytest.approx(first.loss_history)
+    assert weights_hash(load_mae(resumed.checkpoint)) == weights_hash(load_mae(first.checkpoint))
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "mae.ckpt",
+        "mae_encoder.json",
+        "mae_encoder.safetensors",
+    ]
+
+
+def test_a_resume_point_of_other_settings_is_not_used(tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path, max_epochs=3)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        train_mae(recipe, out_dir=out, samples=BlobImages(16), callbacks=[_StopAfterEpoch(2)])
+    other = make_recipe(tmp_path, max_epochs=3, mask_ratio=0.5)
+    result = train_mae(other, out_dir=out, samples=BlobImages(16))
+    fresh = train_mae(other, out_dir=tmp_path / "fresh", samples=BlobImages(16))
+    assert result.loss_history == pytest.approx(fresh.loss_history)  # started from scratch

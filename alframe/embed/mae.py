@@ -426,6 +426,13 @@ class MaskedAutoencoderTask(L.LightningModule):
             self.loss_history.append(mean)
             self.log("mae/epoch_loss", mean, prog_bar=True)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The per-epoch losses are not module state; a resumed run must report all of them.
+        checkpoint["alframe_loss_history"] = list(self.loss_history)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.loss_history = [float(x) for x in checkpoint.get("alframe_loss_history", [])]
+
     def configure_optimizers(self) -> Any:
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
@@ -707,6 +714,70 @@ def _source_dataset(recipe: Recipe, samples: Any) -> Any:
     return SegmentationDataset(list(samples), recipe.data, list(recipe.augment.eval), train=False)
 
 
+class EpochSeededSampler(torch.utils.data.Sampler[int]):
+    """Shuffles ``n`` indices with a permutation seeded by ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before every epoch, so an epoch's order does not depend on
+    how many epochs this process has run: a run resumed at epoch k sees the same orders as an
+    uninterrupted one.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the permutation of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Any:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+RESUME_FILE = "resume.ckpt"
+"""Lightning checkpoint of an unfinished MAE training, in ``<run_dir>/mae/``."""
+
+
+class _EpochResumePoint(L.pytorch.callbacks.Checkpoint):
+    """Saves the whole training state after every epoch (atomically), with the fingerprint of
+    the settings it belongs to. A ``Checkpoint`` subclass, so Lightning calls it after the
+    module's own epoch-end hook (the epoch's loss is already in the history)."""
+
+    def __init__(self, path: Path, fingerprint: str) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= (trainer.max_epochs or 0):
+            return  # the final weights are saved as mae.ckpt right after
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial)
+        atomic_write_text(self.path.with_suffix(".json"), self.fingerprint)
+        os.replace(partial, self.path)
+
+
+def _resume_fingerprint(cfg: MAEConfig, recipe: Recipe, dataset: Any) -> str:
+    """What a resume point must match: the MAE settings, seed, image size and source items
+    (their ids when the dataset lists its samples, else their number; no image is read)."""
+    samples = getattr(dataset, "samples", None)
+    items: Any = [str(s.id) for s in samples] if samples is not None else len(dataset)
+    return json.dumps(
+        {
+            "mae": cfg.model_dump(),
+            "seed": recipe.seed,
+            "image_size": list(recipe.data.image_size),
+            "in_channels": recipe.data.in_channels,
+            "items": items,
+        },
+        sort_keys=True,
+    )
+
+
 def train_mae(
     recipe: Recipe,
     out_dir: str | os.PathLike[str] | None = None,
@@ -717,6 +788,9 @@ def train_mae(
 
     Writes ``<run_dir>/mae/mae.ckpt`` (whole MAE), ``mae_encoder.safetensors`` (encoder only)
     and ``mae_encoder.json`` (encoder name, in_channels, weights hash, ...), each atomically.
+    After every epoch the training state is saved to ``mae/resume.ckpt``; a later call with the
+    same settings and source images continues from there (to the same weights as an
+    uninterrupted run) and removes it when done. Other settings start from scratch.
     Seeded with ``recipe.seed``; deterministic (``recipe.train.deterministic``); no logger
     folders are created (no ``lightning_logs``).
 
@@ -751,12 +825,11 @@ def train_mae(
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
+        sampler=EpochSeededSampler(n_images, recipe.seed),
         # A one-image last batch breaks BatchNorm on 1×1 deep features; drop partial batches
         # whenever there is more than one batch.
         drop_last=n_images > batch_size,
         num_workers=recipe.train.num_workers,
-        generator=torch.Generator().manual_seed(recipe.seed),
         persistent_workers=recipe.train.num_workers > 0,
     )
     task = MaskedAutoencoderTask.from_config(cfg, recipe.data.in_channels, batch_size, recipe.seed)
@@ -766,17 +839,30 @@ def train_mae(
     folder.mkdir(parents=True, exist_ok=True)
     from alframe.models.training import make_trainer, torch_flags_restored
 
+    resume = folder / RESUME_FILE
+    fingerprint = _resume_fingerprint(cfg, recipe, dataset)
+    recorded = resume.with_suffix(".json")
+    resume_from = None
+    if (
+        resume.is_file()
+        and recorded.is_file()
+        and recorded.read_text(encoding="utf-8") == fingerprint
+    ):
+        resume_from = str(resume)
+        if recipe.train.progress:
+            print(f"resuming the MAE from its last finished epoch ({resume})", flush=True)
     started = time.perf_counter()
     with torch_flags_restored():
         trainer = make_trainer(
             recipe,
             folder,
             logger=None,
-            callbacks=list(callbacks or []),
+            callbacks=[*(callbacks or []), _EpochResumePoint(resume, fingerprint)],
             max_epochs=cfg.max_epochs,
-            checkpointing=False,
+            # Our resume point is the only Checkpoint callback: Lightning adds no other.
+            checkpointing=True,
         )
-        trainer.fit(task, train_dataloaders=loader)
+        trainer.fit(task, train_dataloaders=loader, ckpt_path=resume_from)
     wall = time.perf_counter() - started
     epochs = int(trainer.current_epoch)
     extra = {
@@ -789,6 +875,8 @@ def train_mae(
         "final_loss": task.loss_history[-1] if task.loss_history else None,
     }
     checkpoint, encoder_file = save_mae(task, folder, extra)
+    for leftover in (resume, recorded):
+        leftover.unlink(missing_ok=True)
     history = list(task.loss_history)
     return MAETrainResult(
         checkpoint=checkpoint,
