@@ -48,12 +48,12 @@ OVERRIDES = [
 ]
 
 
-def per_seed_dice(run_dir: Path, primary: str) -> dict[str, dict[int, dict[int, float]]]:
+def per_seed_dice(
+    manifests: dict[str, list[dict[str, Any]]], primary: str
+) -> dict[str, dict[int, dict[int, float]]]:
     """label → n_labelled → seed → mean Dice on ``primary``, from the committed round manifests."""
-    from alframe.loop import load_manifests
-
     found: dict[str, dict[int, dict[int, float]]] = {}
-    for rounds in load_manifests(run_dir).values():
+    for rounds in manifests.values():
         for manifest in rounds:
             metrics = manifest.get("metrics", {}).get(primary)
             if metrics is None:
@@ -65,42 +65,27 @@ def per_seed_dice(run_dir: Path, primary: str) -> dict[str, dict[int, dict[int, 
     return found
 
 
-def agreement_runs(run_dir: Path, primary: str) -> dict[str, list[tuple[int, float, float | None]]]:
-    """Run folder → [(n_labelled, Dice on ``primary``, pool agreement or None)] per round."""
-    from alframe.loop import load_manifests
-
-    runs = {}
-    for folder, rounds in load_manifests(run_dir).items():
-        runs[folder] = [
-            (
-                int(m["n_labelled"]),
-                float(m["metrics"][primary]["dice_mean"]),
-                None if m.get("pool_agreement") is None else float(m["pool_agreement"]),
-            )
-            for m in rounds
-        ]
-    return runs
-
-
 def stop_rule_check(
-    runs: dict[str, list[tuple[int, float, float | None]]], threshold: float, n_rounds: int
+    manifests: dict[str, list[dict[str, Any]]], primary: str, threshold: float, n_rounds: int
 ) -> dict[str, Any]:
-    """The multi-site page's stop rule (stop after the first round r ≥ 1 whose pool agreement
-    ≥ τ) applied out of sample: labels used and Dice lost against the last budget, per run."""
+    """The multi-site page's stop rule (``multisite_cxr.stop_round``: stop after the first round
+    r ≥ 1 whose pool agreement ≥ τ) applied out of sample: labels used and Dice lost against the
+    last budget, per run."""
+    from multisite_cxr import stop_round
+
     rows = []
-    for folder, rounds in sorted(runs.items()):
-        if len(rounds) < n_rounds or any(a is None for _, _, a in rounds[1:]):
+    for folder, rounds in sorted(manifests.items()):
+        if len(rounds) < n_rounds or any(m.get("pool_agreement") is None for m in rounds[1:]):
             continue
-        stop = next(
-            (r for r in range(1, len(rounds)) if rounds[r][2] >= threshold), len(rounds) - 1
-        )
+        dice = [float(m["metrics"][primary]["dice_mean"]) for m in rounds]
+        stop = stop_round(rounds, threshold)
         rows.append(
             {
                 "run": folder,
-                "agreements": [a for _, _, a in rounds[1:]],
-                "stop_labels": rounds[stop][0],
-                "last_labels": rounds[-1][0],
-                "loss_points": round(100 * (rounds[-1][1] - rounds[stop][1]), 2),
+                "agreements": [float(m["pool_agreement"]) for m in rounds[1:]],
+                "stop_labels": int(rounds[stop]["n_labelled"]),
+                "last_labels": int(rounds[-1]["n_labelled"]),
+                "loss_points": round(100 * (dice[-1] - dice[stop]), 2),
             }
         )
     return {"threshold": threshold, "runs": rows}
@@ -108,6 +93,8 @@ def stop_rule_check(
 
 def compare(dice: dict[str, dict[int, dict[int, float]]]) -> list[dict[str, Any]]:
     """Per budget: both strategies' mean ± std and the paired (same seed) difference."""
+    from multisite_cxr import seed_noise
+
     rows = []
     ours, base = dice.get("xssr_add", {}), dice.get("random", {})
     for n_labelled in sorted(set(ours) | set(base)):
@@ -115,9 +102,7 @@ def compare(dice: dict[str, dict[int, dict[int, float]]]) -> list[dict[str, Any]
         paired = sorted(set(a) & set(b))
         differences = np.array([a[s] - b[s] for s in paired])
         ours_stats, base_stats = _stats(list(a.values())), _stats(list(b.values()))
-        # The multi-site page's rule: below random beyond seed noise when the mean difference
-        # is below minus the larger of the two stds over seeds.
-        noise = max(x["std"] or 0.0 for x in (ours_stats, base_stats))
+        noise = seed_noise(ours_stats["std"], base_stats["std"])
         rows.append(
             {
                 "n_labelled": n_labelled,
@@ -136,14 +121,10 @@ def compare(dice: dict[str, dict[int, dict[int, float]]]) -> list[dict[str, Any]
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
-    if not values:
-        return {"n_seeds": 0, "mean": None, "std": None}
-    array = np.asarray(values)
-    return {
-        "n_seeds": int(array.size),
-        "mean": round(float(array.mean()), 4),
-        "std": round(float(array.std(ddof=1)), 4) if array.size > 1 else None,
-    }
+    from multisite_cxr import _mean_std, _r
+
+    mean, std = _mean_std(values)
+    return {"n_seeds": len(values), "mean": _r(mean), "std": _r(std)}
 
 
 def _cell(stats: dict[str, Any]) -> str:
@@ -274,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if suggested:
             n_rounds = len(recipe.experiment.schedules[0].cumulative or [])
             stop_check = stop_rule_check(
-                agreement_runs(run_dir, primary), float(suggested["threshold"]), n_rounds
+                manifests, primary, float(suggested["threshold"]), n_rounds
             )
     main_json = xssr_cxr.DOCS / "xssr_cxr.json"
     main_rows = {}
@@ -291,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs_complete": len(complete),
         "runs_planned": len(planned),
         "overrides": [*xssr_cxr.CPU_PROTOCOL, *OVERRIDES],
-        "comparison": compare(per_seed_dice(run_dir, primary)),
+        "comparison": compare(per_seed_dice(manifests, primary)),
         "main_run_rows": main_rows,
         "stop_rule_check": stop_check,
         "wall_seconds_this_invocation": None if seconds is None else round(seconds, 1),

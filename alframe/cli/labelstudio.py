@@ -18,12 +18,9 @@ import argparse
 import time
 from typing import Any
 
+from alframe.cli.project import _notes
+
 PRE_ANNOTATE_CHOICES = ("auto", "model", "rpg", "none")
-
-
-def _notes(project: Any) -> None:
-    for note in project.notes:
-        print(f"recovered: {note}")
 
 
 def connected_client(project: Any, pre_annotate: str = "auto") -> Any:

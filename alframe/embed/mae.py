@@ -875,7 +875,8 @@ def train_mae(
         "final_loss": task.loss_history[-1] if task.loss_history else None,
     }
     checkpoint, encoder_file = save_mae(task, folder, extra)
-    for leftover in (resume, recorded):
+    # A kill inside the save of a resume point can leave its ``.partial`` behind as well.
+    for leftover in (resume, recorded, resume.with_name(resume.name + ".partial")):
         leftover.unlink(missing_ok=True)
     history = list(task.loss_history)
     return MAETrainResult(
