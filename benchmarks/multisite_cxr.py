@@ -1078,6 +1078,7 @@ def build_report(
         "stopping_signal": stopping_signal(state, plan),
         "goal_check": goal_check(results),
         "mae_seed_check": None if smoke else mae_seed_check(run_dir.parent, plan),
+        "mae_ensemble_check": None if smoke else mae_ensemble_check(run_dir.parent, plan),
         "timing": {
             "wall_seconds_this_invocation": _r(seconds, 1),
             "estimate": {k: (_r(v, 2) if isinstance(v, float) else v) for k, v in guess.items()},
@@ -1201,22 +1202,16 @@ MAE_SEED_FOLDER = "mae_seed{seed}"
 seed (hence the MAE's seed) set to ``seed``, running ``xssr_add`` with training seed ``seed``."""
 
 
-def mae_seed_check(work: Path, plan: Plan, label: str = "xssr_add") -> dict[str, Any] | None:
-    """``label`` with one MAE per seed (from the :data:`MAE_SEED_FOLDER` folders, seed 0 from
-    the main run) next to the same strategy on the one seed-0 MAE.
-
-    Returns:
-        ``{"seeds": [...], "budgets": [aggregate row per size]}`` or None when no folder exists.
-    """
+def _label_cells(
+    run_dirs: Mapping[int, Path], label: str, sizes: Sequence[int]
+) -> dict[str, Any] | None:
+    """``label``'s cells of seed s from ``run_dirs[s]``, aggregated per size (None: < 2 seeds)."""
     from alframe.loop import load_manifests
 
     cells: dict[int, list[dict[str, Any]]] = {}
     seeds = []
-    for seed in plan.seeds:
-        run_dir = work.parent / MAE_SEED_FOLDER.format(seed=seed) / "run"
-        if seed == 0:
-            run_dir = work / "run"  # the main run's MAE is the seed-0 MAE
-        elif not run_dir.is_dir():
+    for seed, run_dir in run_dirs.items():
+        if not run_dir.is_dir():
             continue
         found = False
         for rounds in load_manifests(run_dir).values():
@@ -1233,18 +1228,42 @@ def mae_seed_check(work: Path, plan: Plan, label: str = "xssr_add") -> dict[str,
         "label": label,
         "seeds": seeds,
         "budgets": [
-            {"n_labelled": size, **aggregate(cells[size])} for size in plan.sizes if size in cells
+            {"n_labelled": size, **aggregate(cells[size])} for size in sizes if size in cells
         ],
     }
+
+
+def mae_seed_check(work: Path, plan: Plan, label: str = "xssr_add") -> dict[str, Any] | None:
+    """``label`` with one MAE per seed (from the :data:`MAE_SEED_FOLDER` folders, seed 0 from
+    the main run) next to the same strategy on the one seed-0 MAE.
+
+    Returns:
+        ``{"seeds": [...], "budgets": [aggregate row per size]}`` or None when no folder exists.
+    """
+    run_dirs = {
+        # The main run's MAE is the seed-0 MAE.
+        seed: work / "run" if seed == 0 else work.parent / MAE_SEED_FOLDER.format(seed=seed) / "run"
+        for seed in plan.seeds
+    }
+    return _label_cells(run_dirs, label, plan.sizes)
+
+
+MAE_ENSEMBLE_FOLDER = "mae_ensemble3"
+"""Work folder (beside the main one) of the MAE-ensemble check: ``xssr_add`` on the three MAEs
+(seeds 0, 1, 2) combined with ``embed.ensemble``, training seeds 0, 1, 2."""
+
+
+def mae_ensemble_check(work: Path, plan: Plan, label: str = "xssr_add") -> dict[str, Any] | None:
+    """``label`` on the ensemble of the three MAEs (see :data:`MAE_ENSEMBLE_FOLDER`)."""
+    run_dir = work.parent / MAE_ENSEMBLE_FOLDER / "run"
+    return _label_cells({seed: run_dir for seed in plan.seeds}, label, plan.sizes)
 
 
 def _mae_seed_lines(check: Mapping[str, Any] | None, results: Mapping[str, Any]) -> list[str]:
     if not check:
         return []
     label = check["label"]
-    one_mae = {row["n_labelled"]: row for row in results.get(label, {}).get("budgets", [])}
-    random_rows = {row["n_labelled"]: row for row in results.get("random", {}).get("budgets", [])}
-    lines = [
+    intro = [
         f"## Does {label}'s result depend on its MAE?",
         "",
         f"XSSR's picks depend only on the embedding, so the main table's {label} seeds share one "
@@ -1254,9 +1273,43 @@ def _mae_seed_lines(check: Mapping[str, Any] | None, results: Mapping[str, Any])
         "the main one, made by `--work …/mae_seed<s> --strategies xssr_add --seeds <s> "
         "--no-reference --set seed=<s>`). If the per-seed column falls back toward random, the "
         "one-MAE result owed part of its gain to that MAE.",
+    ]
+    return _variant_lines(check, results, intro, "MAE per seed", "an MAE per seed")
+
+
+def _mae_ensemble_lines(check: Mapping[str, Any] | None, results: Mapping[str, Any]) -> list[str]:
+    if not check:
+        return []
+    label = check["label"]
+    intro = [
+        "## Does an ensemble of MAEs make the picks robust?",
         "",
-        "| labels | one MAE: mean / worst site | MAE per seed: mean / worst site | picks S / J / M "
-        "(MAE per seed) | random: mean / worst site |",
+        f"{label} on the three MAEs above (seeds 0, 1, 2) at once: `embed.ensemble` unit-"
+        "normalises each MAE's embedding and concatenates them, so neighbour distances average "
+        f"over the three. Training seeds {check['seeds']}; work folder `{MAE_ENSEMBLE_FOLDER}` "
+        f"beside the main one, made by `--work …/{MAE_ENSEMBLE_FOLDER} --strategies xssr_add "
+        "--seeds 0 1 2 --no-reference --set embed.weights=<seed-0 mae.ckpt> --set "
+        "embed.ensemble=[<seed-1 mae.ckpt>,<seed-2 mae.ckpt>]`.",
+    ]
+    return _variant_lines(check, results, intro, "MAE ensemble", "the MAE ensemble")
+
+
+def _variant_lines(
+    check: Mapping[str, Any],
+    results: Mapping[str, Any],
+    intro: Sequence[str],
+    column: str,
+    phrase: str,
+) -> list[str]:
+    """A table of one variant of ``check['label']`` against the one-MAE run and random."""
+    label = check["label"]
+    one_mae = {row["n_labelled"]: row for row in results.get(label, {}).get("budgets", [])}
+    random_rows = {row["n_labelled"]: row for row in results.get("random", {}).get("budgets", [])}
+    lines = [
+        *intro,
+        "",
+        f"| labels | one MAE: mean / worst site | {column}: mean / worst site | picks S / J / M "
+        f"({column}) | random: mean / worst site |",
         "|---|---|---|---|---|",
     ]
 
@@ -1286,7 +1339,8 @@ def _mae_seed_lines(check: Mapping[str, Any] | None, results: Mapping[str, Any])
     if gains:
         lines += [
             "",
-            f"Gain of {label} with an MAE per seed over random (mean / worst site, Dice points): "
+            f"Gain of {label} with {phrase} over random (mean / worst site, Dice "
+            "points): "
             + "; ".join(gains)
             + f". The goal above needs ≥ {100 * GOAL_WORST_SITE_GAIN:g} worst-site point at "
             f"{100 * GOAL_BUDGET:g} %.",
@@ -1591,6 +1645,7 @@ def build_markdown(report: Mapping[str, Any]) -> str:
     env = report["environment"]
     lines += ["", *_goal_lines(report.get("goal_check") or [], p["budget_sizes"])]
     lines += _mae_seed_lines(report.get("mae_seed_check"), report["results"])
+    lines += _mae_ensemble_lines(report.get("mae_ensemble_check"), report["results"])
     lines += ["", *_signal_lines(report.get("stopping_signal"), p["budget_sizes"])]
     lines += [
         "Notes: the cold-start rounds of entropy and margin pick with the same seed as the random "

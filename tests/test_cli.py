@@ -276,12 +276,18 @@ def test_demo_synthetic_tracks_to_mlflow(
     plot = tmp_path / "alframe_demo" / "run" / "learning_curve.png"
     assert f"learning curve: {plot.relative_to(tmp_path)}" in out and plot.is_file()
     assert "mlflow ui --backend-store-uri sqlite:///" in out
-    assert (tmp_path / "mlflow.db").exists()
-    assert not (tmp_path / "mlruns").exists()  # artifacts go beside the DB, not to ./mlruns
+    # Everything the demo makes stays in its folder, MLflow store and artifacts included.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alframe_demo"]
+    store = tmp_path / "alframe_demo" / "mlflow.db"
+    assert store.exists() and (tmp_path / "alframe_demo" / "mlartifacts").is_dir()
+    # The plain-words conclusion: % of full data (or why there is none) and the caution.
+    assert "In short (target_test):" in out
+    assert ("% of the full-data Dice" in out) != ("trained too briefly" in out)
+    assert "xssr vs random at 8 labels:" in out and "does not rank strategies" in out
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
     experiment = client.get_experiment_by_name("synthetic_demo")
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
@@ -312,6 +318,52 @@ def test_demo_synthetic_tracks_to_mlflow(
     (summary,) = [run for run in runs if run.data.tags["alframe.kind"] == "summary"]
     artifacts = {a.path for a in client.list_artifacts(summary.info.run_id)}
     assert {"learning_curve.png", "summary.md", "summary_table.csv"} <= artifacts
+
+
+def _demo_table(reference: float, subsets: dict[str, tuple[float, float]]) -> Any:
+    from alframe.loop.summary import results_frame, summary_table
+
+    manifests = [
+        {
+            "label": label,
+            "strategy": label,
+            "schedule": "s",
+            "seed": 0,
+            "round": k,
+            "n_labelled": n,
+            "metrics": {"test": {"n": 4, "dice_mean": dice, "iou_mean": dice}},
+        }
+        for label, dices in subsets.items()
+        for k, (n, dice) in enumerate(zip((4, 8), dices, strict=True))
+    ]
+    manifests.append(
+        {
+            "label": "full",
+            "strategy": "full",
+            "schedule": "full",
+            "seed": 0,
+            "round": 0,
+            "n_labelled": 36,
+            "metrics": {"test": {"n": 4, "dice_mean": reference, "iou_mean": reference}},
+        }
+    )
+    return summary_table(results_frame(manifests))
+
+
+def test_demo_headline_says_only_what_the_run_supports() -> None:
+    from alframe.workflows.demo import headline
+
+    table = _demo_table(0.90, {"xssr": (0.70, 0.81), "random": (0.75, 0.855)})
+    lines = headline(table, "test")
+    assert lines[1] == "In short (test):"
+    # The best of the largest budget: random's 0.855 / 0.90 = 95.0 %.
+    assert "8 of 36 pool images labelled reach 95.0 % of the full-data Dice (0.900)" in lines[2]
+    assert "the other 28 would buy the remaining 5.0 %" in lines[2]
+    assert "xssr vs random at 8 labels: -4.5 Dice points on 1 seed(s)" in lines[3]
+    # A reference below the subset models (too short a training) gets no percentage: no 178 %.
+    short = headline(_demo_table(0.50, {"xssr": (0.70, 0.89), "random": (0.75, 0.85)}), "test")
+    assert not any("% of the full-data" in line for line in short)
+    assert "trained too briefly" in short[2]
 
 
 def test_demo_real_without_data_is_a_user_error(

@@ -19,7 +19,8 @@ from alframe.config.schema import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = sorted((REPO / "docs").glob("*.md"))
-PAGES = [*DOCS, REPO / "README.md"]
+METHOD_NOTES = sorted((REPO / "docs" / "methods").glob("*.md"))
+PAGES = [*DOCS, *METHOD_NOTES, REPO / "README.md"]
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
 SHELL_FENCE = re.compile(r"^```(?:bash|sh|shell|console)\n(.*?)^```", re.M | re.S)
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
@@ -145,6 +146,51 @@ def test_docs_link_every_page_and_benchmark() -> None:
     for bench in sorted((REPO / "docs" / "benchmarks").glob("*.md")):
         assert f"(benchmarks/{bench.name})" in index, f"docs/index.md does not link {bench.name}"
     assert "(docs/index.md)" in (REPO / "README.md").read_text()
+    assert "(methods/index.md)" in index, "docs/index.md does not link methods/index.md"
+    methods_index = (REPO / "docs" / "methods" / "index.md").read_text()
+    for note in METHOD_NOTES:
+        if note.name != "index.md":
+            assert f"({note.name})" in methods_index, f"methods/index.md does not link {note.name}"
+
+
+# A method note named anywhere: `methods/xssr.md`, `docs/methods/xssr.md`, `../methods/xssr.md` …
+METHOD_MENTION = re.compile(r"[\w./-]*methods/[\w.-]+\.md")
+METHOD_NOTES_EXPECTED = {"xssr.md", "rpg.md", "cte.md", "lpfu.md"}
+
+
+def method_mentions() -> list[tuple[Path, str]]:
+    """(file, path as written) for every mention of a method note in code and docs."""
+    files = [
+        *sorted((REPO / "alframe").rglob("*.py")),
+        *sorted((REPO / "docs").rglob("*.md")),
+        REPO / "README.md",
+    ]
+    return [(f, m) for f in files for m in METHOD_MENTION.findall(f.read_text(encoding="utf-8"))]
+
+
+def test_the_method_notes_exist() -> None:
+    present = {note.name for note in METHOD_NOTES}
+    assert present >= METHOD_NOTES_EXPECTED, (
+        f"missing docs/methods/: {METHOD_NOTES_EXPECTED - present}"
+    )
+
+
+def test_every_mention_of_a_method_note_resolves_in_the_repository() -> None:
+    """Code names a note as ``docs/methods/NAME.md`` (from the repository root); a markdown page
+    names it by a path relative to the page. Either way the file must exist in docs/methods/,
+    and no path may point outside the repository."""
+    mentions = method_mentions()
+    assert len(mentions) > 10, "the mention pattern found (almost) nothing; is it still right?"
+    notes = (REPO / "docs" / "methods").resolve()
+    broken = []
+    for file, written in mentions:
+        base = file.parent if file.suffix == ".md" else REPO
+        target = (base / written).resolve()
+        if written.startswith("/") or target.parent != notes or not target.is_file():
+            broken.append(f"{rel(file)}: {written}")
+    assert not broken, "method notes that do not resolve to docs/methods/<name>.md: " + "; ".join(
+        sorted(set(broken))
+    )
 
 
 def example_block(text: str, first_line: str) -> str:

@@ -329,3 +329,35 @@ def test_embed_devices_from_the_recipe_split_batches_and_share_the_cache(
     # An explicit argument overrides the recipe.
     pipeline.embed_pool(split, "pool", progress=False, recompute=True, device="cpu")
     assert used[-1] == ["cpu"]
+
+
+def test_embed_ensemble_from_the_recipe(tmp_path: Path, fake_data: list[Any]) -> None:
+    """``embed.ensemble`` adds MAE members; the cache keeps them apart from the main MAE."""
+    from alframe.embed.mae import MaskedAutoencoderTask, save_mae
+    from alframe.errors import ConfigError, ModelError
+
+    paths = []
+    for seed in (0, 1):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            task = MaskedAutoencoderTask(encoder_name="tu-resnet10t", in_channels=1)
+        save_mae(task, tmp_path / f"mae{seed}")
+        paths.append(str(tmp_path / f"mae{seed}" / "mae.ckpt"))
+
+    def recipe(ensemble: list[str], backbone: str = "mae") -> Recipe:
+        base = make_recipe(tmp_path, backbone=backbone)
+        embed = base.embed.model_copy(update={"weights": paths[0], "ensemble": ensemble})
+        return base.model_copy(update={"embed": embed})
+
+    single = pipeline.embed_pool(recipe([]), progress=False)
+    pair = pipeline.embed_pool(recipe([paths[1]]), progress=False)
+    assert not pair.from_cache and pair.weights_hash != single.weights_hash
+    assert pair.embeddings.shape == (6, 2 * single.embeddings.shape[1])
+    np.testing.assert_allclose(
+        pair.embeddings[:, : single.embeddings.shape[1]] * np.sqrt(2), single.embeddings, atol=2e-6
+    )
+    assert pipeline.embed_pool(recipe([paths[1]]), progress=False).from_cache
+    with pytest.raises(ModelError, match="embed.ensemble: no MAE checkpoint"):
+        pipeline.embed_pool(recipe([str(tmp_path / "missing.ckpt")]), progress=False)
+    with pytest.raises(ConfigError, match="backbone is 'timm'"):
+        pipeline.embed_pool(recipe([paths[1]], backbone="timm"), progress=False)

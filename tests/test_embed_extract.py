@@ -229,3 +229,56 @@ def test_embedder_wraps_any_feature_module() -> None:
     embedder = Embedder(module, "module", "conv", 1)
     array = extract_embeddings(embedder, NoiseImages(2), 2, progress=False)
     assert array.shape == (2, 4)
+
+
+def _mae_member(seed: int, folder: Path) -> Path:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        task = MaskedAutoencoderTask(encoder_name=ENCODER, in_channels=1)
+    save_mae(task, folder)
+    return folder / "mae.ckpt"
+
+
+def test_ensemble_embedding_averages_the_members_distances(tmp_path: Path) -> None:
+    """Reference: each member embedded alone, rows concatenated and divided by sqrt(K)."""
+    from alframe.embed.extract import encoder_ensemble
+
+    members = [encoder_from_mae(_mae_member(s, tmp_path / f"m{s}")) for s in (1, 2, 3)]
+    data = NoiseImages(9, seed=4)
+    alone = [extract_embeddings(m, data, batch_size=4, progress=False) for m in members]
+    together = extract_embeddings(encoder_ensemble(members), data, batch_size=4, progress=False)
+    expected = np.concatenate(alone, axis=1) / np.sqrt(3)
+    np.testing.assert_allclose(together, expected, atol=2e-6)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=1e-5)
+
+    def sq_dist(x: np.ndarray) -> np.ndarray:
+        return np.square(x[:, None, :] - x[None, :, :]).sum(-1)
+
+    mean_of_members = np.mean([sq_dist(a) for a in alone], axis=0)
+    np.testing.assert_allclose(sq_dist(together), mean_of_members, atol=1e-5)
+    # With penultimate stages too, each member's part is still one of the member's embeddings.
+    alone_pen = [
+        extract_embeddings(m, data, concat_penultimate=True, progress=False) for m in members
+    ]
+    together_pen = extract_embeddings(
+        encoder_ensemble(members), data, concat_penultimate=True, progress=False
+    )
+    np.testing.assert_allclose(
+        sq_dist(together_pen), np.mean([sq_dist(a) for a in alone_pen], axis=0), atol=1e-5
+    )
+
+
+def test_ensemble_hash_names_and_refusals(tmp_path: Path) -> None:
+    from alframe.embed.extract import encoder_ensemble
+
+    one = encoder_from_mae(_mae_member(1, tmp_path / "a"))
+    two = encoder_from_mae(_mae_member(2, tmp_path / "b"))
+    assert encoder_ensemble([one]) is one
+    pair, swapped = encoder_ensemble([one, two]), encoder_ensemble([two, one])
+    assert pair.name == f"{ENCODER}x2" and pair.kind == "mae"
+    assert len({pair.weights_hash(), swapped.weights_hash(), one.weights_hash()}) == 3
+    rgb = Embedder(torch.nn.Conv2d(3, 4, 3), "module", "conv", 3)
+    with pytest.raises(ModelError, match="different channel counts"):
+        encoder_ensemble([one, rgb])
+    with pytest.raises(ModelError, match="at least one member"):
+        encoder_ensemble([])

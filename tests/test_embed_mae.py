@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from alframe.embed.mae import (
     save_mae,
     train_mae,
 )
-from alframe.errors import ConfigError, DataError, ModelError
+from alframe.errors import DataError, ModelError
 
 ENCODER = "tu-resnet10t"
 
@@ -228,11 +229,18 @@ def test_train_mae_is_deterministic(
     assert weights_hash(load_mae(again.checkpoint)) == weights_hash(load_mae(first.checkpoint))
 
 
-def test_train_mae_needs_data_source(tmp_path: Path) -> None:
-    recipe = make_recipe(tmp_path, source=False)
-    with pytest.raises(ConfigError, match=r"data\.source"):
-        train_mae(recipe)
-    assert not (tmp_path / "run").exists()
+def test_without_a_source_the_mae_trains_on_the_pool_and_says_so(tmp_path: Path) -> None:
+    """A single-site pool: the pool's own images (data.train) train the MAE, with one note."""
+    from alframe.data.synthetic import write_synthetic_dataset
+    from alframe.embed.mae import SingleSiteNote
+
+    write_synthetic_dataset(tmp_path, n_images=6, domains=("tgt",), image_size=32)
+    recipe = make_recipe(tmp_path, source=False, max_epochs=1)
+    with pytest.warns(SingleSiteNote, match="trained on the pool's own"):
+        result = train_mae(recipe)
+    assert result.n_images == 6 and result.checkpoint.is_file()
+    info = json.loads((tmp_path / "run" / "mae" / "mae_encoder.json").read_text())
+    assert info["source"] is None
 
 
 def test_train_mae_refuses_target_images(tmp_path: Path) -> None:

@@ -487,6 +487,25 @@ def test_summary_table_means_over_seeds_and_percent_of_full() -> None:
     assert "Full-data reference (n=100, 2 seed(s)): Dice 0.900 ± 0.071." in text
 
 
+def test_no_percent_of_full_data_against_a_reference_below_the_subsets() -> None:
+    """A reference worse than a subset model (too short a training) is no ceiling: no 178 %."""
+    from alframe.loop.summary import reference_below_subsets
+
+    manifests = [
+        _manifest("xssr", 0, 0, 10, 0.80),
+        _manifest("xssr", 0, 1, 20, 0.90),
+        _manifest("full", 0, 0, 100, 0.504),
+    ]
+    table = summary_table(results_frame(manifests))
+    assert table["pct_of_full"].isna().all()
+    assert reference_below_subsets(table) == ["test"]
+    assert "%" not in markdown_table(table).split("Full-data")[0]
+    # Within the tolerance (seed noise) the percentage stays, slightly above 100.
+    close = [*manifests[:2], _manifest("full", 0, 0, 100, 0.897)]
+    table = summary_table(results_frame(close)).set_index(["label", "n_labelled"])
+    assert table.loc[("xssr", 20)]["pct_of_full"] == pytest.approx(100 * 0.9 / 0.897)
+
+
 # -- embeddings from the round model (experiment.strategies[].embedding: model) -----------------
 
 

@@ -54,7 +54,10 @@ class RoundExport:
         ids: selected ids in pick order.
         assignments: id → annotators (primary first).
         strategy: the strategy used.
-        notes: warnings for the user (fewer items than asked, rounds still pending).
+        notes: warnings for the user (fewer items than asked, rounds still pending, pictures
+            that could not be drawn).
+        pictures: kind (``pool``, ``picked``) → PNG written after the commit
+            (:mod:`alframe.annotate.pictures`).
     """
 
     round: int
@@ -63,6 +66,7 @@ class RoundExport:
     assignments: dict[str, list[str]]
     strategy: str
     notes: list[str] = field(default_factory=list)
+    pictures: dict[str, Path] = field(default_factory=dict)
 
 
 def _number(value: Any) -> float | None:
@@ -150,8 +154,9 @@ def next_round(
         ConfigError: bad budget, annotators or overlap; unknown strategy.
         DataError / StateError: nothing left to select, no checkpoint yet, unreadable images.
     """
+    from alframe import strategies
     from alframe.strategies import BudgetClippedWarning
-    from alframe.workflows.selection import select_from_recipe
+    from alframe.workflows.selection import picked_rows, select_from_recipe
 
     if budget < 1:
         raise ConfigError(f"--budget {budget}: give the number of items to select (>= 1)")
@@ -186,6 +191,13 @@ def next_round(
             f"all {len(all_ids)} pool items are already selected in earlier rounds; nothing is "
             "left to select — train on the labels (`alframe round train DIR`)"
         )
+    strategy_name = strategy or project.recipe.select.strategy
+    known = strategy_name in strategies.names()
+    if known and "embeddings" in getattr(strategies.STRATEGIES.get(strategy_name), "requires", ()):
+        from alframe.embed.pipeline import ensure_mae
+
+        # The project owns its MAE: the first round that needs it trains it (once, cached).
+        ensure_mae(project.recipe)
     with warnings.catch_warnings():
         # A budget clipped to what is left becomes the note below, not a second warning.
         warnings.simplefilter("ignore", BudgetClippedWarning)
@@ -214,20 +226,18 @@ def next_round(
     assignments = assign_annotators(
         picked, settings.annotators, settings.overlap, [project.recipe.seed, round_index]
     )
-    position = {item: k for k, item in enumerate(result.ids)}
-    terms = {name: np.asarray(v) for name, v in (getattr(selection, "terms", {}) or {}).items()}
-    rows: list[dict[str, Any]] = []
-    for rank, item in enumerate(picked, start=1):
-        k = position[item]
-        rows.append(
-            {
-                "id": item,
-                "rank": rank,
-                "score": _number(selection.scores[k]),
-                "terms": {name: _number(values[k]) for name, values in terms.items()},
-                "annotators": assignments[item],
-            }
-        )
+    # score = priority from the pick order; the strategy's own score is the first term,
+    # score_at_pick (picked_rows says why the two differ for greedy strategies).
+    rows: list[dict[str, Any]] = [
+        {
+            "id": result.ids[row.index],
+            "rank": row.rank,
+            "score": _number(row.score),
+            "terms": {name: _number(value) for name, value in row.terms.items()},
+            "annotators": assignments[result.ids[row.index]],
+        }
+        for row in picked_rows(selection)
+    ]
     folder = project.round_dir(round_index)
     staging = project.rounds_dir / f".staging-{round_index:03d}"
     if staging.exists():
@@ -285,7 +295,14 @@ def next_round(
         StateStore.log_event(
             conn, "round", {"round": round_index, "n": len(picked), "strategy": result.strategy}
         )
-    return RoundExport(round_index, folder, picked, assignments, result.strategy, notes)
+    # After the commit: a picture that cannot be drawn is a note, never a lost round.
+    from alframe.annotate.pictures import guarded, write_round_pictures
+
+    pictures, picture_notes = guarded(
+        f"round {round_index} pictures", lambda: write_round_pictures(project, round_index, result)
+    )
+    notes.extend(picture_notes)
+    return RoundExport(round_index, folder, picked, assignments, result.strategy, notes, pictures)
 
 
 def _write_export(

@@ -77,9 +77,12 @@ class ImportReport:
         new: (id, annotator) pairs labelled for the first time.
         replaced: pairs whose label changed (``replace=True``).
         unchanged: pairs imported again with identical content.
-        pending: items of committed rounds still without any label.
+        pending: items of committed rounds still without any label after the import (for a
+            dry run: as the import would leave them).
         import_id: the import's number in the state store (None when nothing changed).
         dry_run: whether nothing was committed on purpose.
+        skipped: items whose files were left out because no round gave them out
+            (``only_selected``).
     """
 
     new: list[tuple[str, str]] = field(default_factory=list)
@@ -88,6 +91,7 @@ class ImportReport:
     pending: int = 0
     import_id: int | None = None
     dry_run: bool = False
+    skipped: list[str] = field(default_factory=list)
 
 
 class _Problems:
@@ -355,6 +359,7 @@ def import_labels(
     replace: bool = False,
     unpainted: str = "background",
     dry_run: bool = False,
+    only_selected: bool = False,
 ) -> ImportReport:
     """Validate every mask in ``source`` and commit them in one transaction.
 
@@ -366,6 +371,8 @@ def import_labels(
         replace: overwrite existing labels that differ (otherwise that is an error).
         unpainted: Label Studio pixels no region covers: ``"background"`` or ``"ignore"``.
         dry_run: validate only.
+        only_selected: leave out (and report) files of items no round has given out, e.g. a
+            folder of existing masks for the whole pool, instead of refusing them.
 
     Returns:
         The :class:`ImportReport`.
@@ -425,7 +432,7 @@ def import_labels(
             f"{path} holds no masks; put <case>.png files there (case names are in the round's "
             "export/manifest.csv) or pass a Label Studio JSON export"
         )
-    _resolve(project, candidates, problems)
+    skipped = _resolve(project, candidates, problems, only_selected)
     problems.raise_if_any()
 
     samples = project.samples()
@@ -444,7 +451,7 @@ def import_labels(
         (r["id"], r["annotator"]): r
         for r in store.query("SELECT id, annotator, label_sha256, path FROM annotations")
     }
-    report = ImportReport(dry_run=dry_run)
+    report = ImportReport(dry_run=dry_run, skipped=skipped)
     changes: list[_Candidate] = []
     for candidate in candidates:
         pair = (str(candidate.item_id), str(candidate.annotator))
@@ -464,7 +471,8 @@ def import_labels(
             )
     problems.raise_if_any()
     if not changes or dry_run:
-        report.pending = _pending_count(store)
+        # A dry run reports the state the import would leave: its new labels are not pending.
+        report.pending = _pending_count(store, newly_labelled={item for item, _ in report.new})
         return report
     _commit(project, path, changes, report, existing)
     report.pending = _pending_count(store)
@@ -536,11 +544,28 @@ def _gather(
     )
 
 
-def _resolve(project: Project, candidates: list[_Candidate], problems: _Problems) -> None:
-    """Find each candidate's item and annotator; check rounds, assignments and duplicates."""
+def _resolve(
+    project: Project, candidates: list[_Candidate], problems: _Problems, only_selected: bool
+) -> list[str]:
+    """Find each candidate's item and annotator; check rounds, assignments and duplicates.
+
+    Returns:
+        The items left out because no round gave them out (``only_selected``); their
+        candidates are removed from ``candidates``.
+    """
     store = project.store
     cases = project.case_of()
     by_case = {case.lower(): item for item, case in cases.items()}
+    # A mask named like its image file (e.g. a folder of existing masks) names the item when
+    # that file name is unique in the pool.
+    image_stems: dict[str, list[str]] = {}
+    for row in store.query("SELECT id, image FROM items"):
+        image_stems.setdefault(file_stem(Path(row["image"])).lower(), []).append(row["id"])
+    for stem, items in image_stems.items():
+        if len(items) == 1:
+            by_case.setdefault(stem, items[0])
+    skipped: list[str] = []
+    left_out: set[int] = set()
     selected = {r["id"]: int(r["round"]) for r in store.query("SELECT id, round FROM selections")}
     assigned: dict[str, list[str]] = {}
     for row in store.query(
@@ -578,6 +603,10 @@ def _resolve(project: Project, candidates: list[_Candidate], problems: _Problems
                 f"{candidate.where}: {shown!r} names no item of the project; name masks after "
                 "the item's case (see the round's export/manifest.csv) or its id"
             )
+            continue
+        if item not in selected and only_selected:
+            skipped.append(item)
+            left_out.add(id(candidate))
             continue
         if item not in selected:
             problems.add(
@@ -618,14 +647,17 @@ def _resolve(project: Project, candidates: list[_Candidate], problems: _Problems
             continue
         seen[pair] = candidate.where
         candidate.item_id, candidate.annotator = item, who
+    candidates[:] = [c for c in candidates if id(c) not in left_out]
+    return sorted(set(skipped))
 
 
-def _pending_count(store: StateStore) -> int:
-    row = store.query(
-        "SELECT COUNT(*) AS n FROM selections s WHERE NOT EXISTS "
+def _pending_count(store: StateStore, newly_labelled: set[str] | None = None) -> int:
+    """Selected items without any label, not counting ``newly_labelled`` (a dry run's items)."""
+    rows = store.query(
+        "SELECT s.id AS id FROM selections s WHERE NOT EXISTS "
         "(SELECT 1 FROM annotations a WHERE a.id = s.id)"
     )
-    return int(row[0]["n"])
+    return sum(1 for row in rows if row["id"] not in (newly_labelled or set()))
 
 
 def label_relpath(annotator: str, case: str, sha: str) -> str:

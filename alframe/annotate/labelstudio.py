@@ -1123,6 +1123,37 @@ def effort_metrics(entry: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def labelling_round_run(tracker: Any, project: Project, number: int) -> str:
+    """The MLflow run of a labelling round (``labelling round NNN``, tagged with the round and
+    the project's folder): found again by its tags, or created (and ended) on first use. Runs
+    of `round next` pictures and of `round sync` effort share it.
+
+    Args:
+        tracker: an :class:`alframe.tracking.Tracker`.
+        project: the open project.
+        number: the round.
+
+    Returns:
+        The run id.
+    """
+    project_tag = str(project.root.resolve())
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        filter_string=(
+            f"tags.`alframe.labelling_round` = '{number}' and "
+            f"tags.`alframe.project` = '{project_tag}'"
+        ),
+    )
+    if runs:
+        return str(runs[0].info.run_id)
+    run_id: str = tracker.start_run(
+        f"labelling round {number:03d}",
+        tags={"alframe.labelling_round": str(number), "alframe.project": project_tag},
+    )
+    tracker.end_run(run_id)
+    return run_id
+
+
 def log_effort(project: Project, rounds: Sequence[int]) -> list[str]:
     """Log the effort of ``rounds`` to MLflow: one run per round (``labelling round NNN``),
     found again by its tag and updated with a new step on each sync.
@@ -1137,25 +1168,10 @@ def log_effort(project: Project, rounds: Sequence[int]) -> list[str]:
     recipe = project.recipe
     try:
         tracker = Tracker(recipe.tracking.experiment or recipe.name, recipe.tracking.uri)
-        project_tag = str(project.root.resolve())
         for number in rounds:
             if number not in summary:
                 continue
-            runs = tracker.client.search_runs(
-                [tracker.experiment_id],
-                filter_string=(
-                    f"tags.`alframe.labelling_round` = '{number}' and "
-                    f"tags.`alframe.project` = '{project_tag}'"
-                ),
-            )
-            if runs:
-                run_id = runs[0].info.run_id
-            else:
-                run_id = tracker.start_run(
-                    f"labelling round {number:03d}",
-                    tags={"alframe.labelling_round": str(number), "alframe.project": project_tag},
-                )
-                tracker.end_run(run_id)
+            run_id = labelling_round_run(tracker, project, number)
             step = int(summary[number]["n"])
             tracker.log_metrics(run_id, effort_metrics(summary[number]), step=step)
     except AlframeError as err:

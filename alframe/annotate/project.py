@@ -37,11 +37,12 @@ from alframe._atomic import atomic_write_bytes, fsync_folder
 from alframe.annotate.faults import checkpoint
 from alframe.annotate.store import ProjectLock, StateStore, now
 from alframe.config import Recipe, recipe_from_dict, recipe_to_dict
+from alframe.config.loading import PROJECT_MARKER, project_recipe_paths, rebase_recipe_paths
 from alframe.data.samples import Sample
 from alframe.errors import ConfigError, DataError, StateError
 
 PROJECT_FORMAT = "alframe.project/1"
-PROJECT_FILE = "project.json"
+PROJECT_FILE = PROJECT_MARKER
 RECIPE_FILE = "recipe.yaml"
 STATE_FILE = "state.db"
 POOL_FILE = "pool.csv"
@@ -54,17 +55,6 @@ STORED_IGNORE = 255
 
 DEFAULT_ANNOTATOR = "annotator"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-# Recipe keys that hold file-system paths (resolved against the working directory by the rest of
-# alframe); the project stores them relative to its folder so it can be moved with its data.
-_PATH_KEYS: tuple[tuple[str, ...], ...] = (
-    ("data", "root"),
-    ("output_dir",),
-    ("model", "weights"),
-    ("model", "encoder_weights"),
-    ("embed", "weights"),
-    ("embed", "cache_dir"),
-)
 
 
 @dataclass(frozen=True)
@@ -140,44 +130,9 @@ def case_names(ids: Sequence[str]) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ recipe paths
-def _get(raw: dict[str, Any], key: tuple[str, ...]) -> Any:
-    node: Any = raw
-    for part in key:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _set(raw: dict[str, Any], key: tuple[str, ...], value: Any) -> None:
-    node = raw
-    for part in key[:-1]:
-        node = node[part]
-    node[key[-1]] = value
-
-
-def _rebase(raw: dict[str, Any], to_absolute: Path | None, to_relative: Path | None) -> None:
-    for key in _PATH_KEYS:
-        value = _get(raw, key)
-        if not isinstance(value, str) or "${" in value:
-            continue  # ${ALFRAME_DATA}/... stays portable as it is
-        if key == ("output_dir",):
-            value = value.replace("{name}", str(raw.get("name", "")))
-        path = Path(os.path.expanduser(value))
-        if to_relative is not None:
-            absolute = path if path.is_absolute() else Path.cwd() / path
-            try:
-                value = os.path.relpath(os.path.normpath(absolute), to_relative)
-            except ValueError:  # another drive (Windows): keep it absolute
-                value = str(absolute)
-        elif to_absolute is not None and not path.is_absolute():
-            value = os.path.normpath(to_absolute / path)
-        _set(raw, key, value)
-
-
 def _recipe_for_project(recipe: Recipe, project_dir: Path) -> str:
     raw = recipe_to_dict(recipe)
-    _rebase(raw, None, project_dir.resolve())
+    rebase_recipe_paths(raw, to_relative=project_dir.resolve())
     return yaml.safe_dump(raw, sort_keys=False)
 
 
@@ -192,7 +147,7 @@ def load_project_recipe(project_dir: Path) -> Recipe:
         ) from None
     if not isinstance(raw, dict):
         raise StateError(f"{path} is not a recipe mapping; restore it or create the project again")
-    _rebase(raw, project_dir.resolve(), None)
+    project_recipe_paths(raw, project_dir)
     return recipe_from_dict(raw, str(path))
 
 
@@ -365,8 +320,10 @@ class Project:
                 f"removed {removed} label files that no committed import references (left by an "
                 "interrupted or superseded import; nothing committed was lost)"
             )
-        for leftover in self.root.glob(".*.tmp"):
-            leftover.unlink()
+        # Half-written files of atomic writes: in the project root and in the pictures folders.
+        for pattern in (".*.tmp", "rounds/*/pictures/.*.tmp", "train/*/pictures/.*.tmp"):
+            for leftover in self.root.glob(pattern):
+                leftover.unlink()
         notes.extend(self._end_abandoned_runs())
         missing = [p for p in sorted(referenced) if not self.path(p).is_file()]
         if missing:
@@ -518,6 +475,97 @@ def _pool_csv(rows: list[tuple[str, str, str, str]]) -> str:
     return buffer.getvalue()
 
 
+def parse_classes(text: str) -> dict[str, int]:
+    """``background=0,lung=255`` → ``{"background": 0, "lung": 255}`` (background first).
+
+    Raises:
+        ConfigError: a part without ``=``, a value that is not an integer, or fewer than two.
+    """
+    classes: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip().lstrip("-").isdigit():
+            raise ConfigError(
+                f"--classes: {part!r} is not NAME=VALUE; write e.g. --classes background=0,lung=255 "
+                "(mask value of each class, background first)"
+            )
+        classes[name.strip()] = int(value)
+    if len(classes) < 2:
+        raise ConfigError(
+            "--classes needs at least two classes, background first, e.g. background=0,lung=255"
+        )
+    return classes
+
+
+def _image_channels(folder: Path) -> int:
+    """1 for grey images, 3 when the first image file is colour (RGB / RGBA / palette)."""
+    from PIL import Image
+
+    for file in sorted(folder.iterdir()):
+        if file.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}:
+            try:
+                with Image.open(file) as image:
+                    return 3 if image.mode in {"RGB", "RGBA", "P", "CMYK"} else 1
+            except OSError:
+                continue
+    return 1
+
+
+def recipe_for_images(
+    project_dir: str | os.PathLike[str],
+    images: str | os.PathLike[str],
+    classes: dict[str, int],
+    masks: str | os.PathLike[str] | None = None,
+    image_size: tuple[int, int] = (256, 256),
+    in_channels: int | None = None,
+) -> Recipe:
+    """A recipe for a project on one folder of images, without writing one by hand.
+
+    The pool is every image of ``images``; there is no separate source site, so the MAE is
+    trained on the pool itself and XSSR runs without its novelty term. Everything the project
+    makes (MAE, embeddings, runs, MLflow store) goes inside ``project_dir``.
+
+    Args:
+        project_dir: the project folder (its name becomes the recipe name).
+        images: folder of image files (PNG, JPEG, TIFF).
+        classes: class name → mask value, background first.
+        masks: optional folder of masks with the images' file stems (every image needs one),
+            e.g. existing labels that ``round import --from`` can take the picked items from.
+        image_size: (height, width) images are resized to (multiples of 32).
+        in_channels: 1 or 3; default from the first image.
+
+    Raises:
+        ConfigError: a missing folder or invalid settings.
+    """
+    image_dir = Path(images).expanduser().resolve()
+    for flag, folder in (("--images", image_dir), ("--masks", masks)):
+        if folder is not None and not Path(folder).expanduser().is_dir():
+            raise ConfigError(f"{flag} {folder}: no such folder; pass the folder of the files")
+    mask_dir = Path(masks).expanduser().resolve() if masks is not None else None
+    root = Path(os.path.commonpath([image_dir, *([mask_dir] if mask_dir else [])]))
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(project_dir).resolve().name) or "project"
+    raw: dict[str, Any] = {
+        "name": name,
+        "data": {
+            "root": str(root),
+            "classes": classes,
+            "image_size": list(image_size),
+            "in_channels": in_channels or _image_channels(image_dir),
+            "datasets": {
+                "pool": {
+                    "path": ".",
+                    "images": os.path.relpath(image_dir, root),
+                    "masks": os.path.relpath(mask_dir, root) if mask_dir else None,
+                    "mask_format": "binary" if len(classes) == 2 else "semantic",
+                }
+            },
+            "train": {"dataset": "pool"},
+        },
+        "output_dir": str(Path(project_dir).resolve() / "runs"),
+    }
+    return recipe_from_dict(raw, "project init --images")
+
+
 _INIT_FILES = (RECIPE_FILE, STATE_FILE, POOL_FILE, LOCK_FILE, STATE_FILE + "-journal")
 
 
@@ -614,6 +662,9 @@ def init_project(
         except ValueError:
             image = sample.image_path.name
         rows.append((sample.id, cases[sample.id], image, sample.group))
+    if "output_dir" not in recipe.model_fields_set:
+        # Unless the recipe says otherwise, the project keeps its MAE, embeddings and runs.
+        recipe = recipe.model_copy(update={"output_dir": str(root.resolve() / "runs")})
     atomic_write_bytes(root / RECIPE_FILE, _recipe_for_project(recipe, root).encode("utf-8"))
     atomic_write_bytes(root / POOL_FILE, _pool_csv(rows).encode("utf-8"))
     checkpoint("init:files")

@@ -61,6 +61,9 @@ class RoundTraining:
         pool_agreement: the stopping signal against the previous run (see
             :func:`model_agreement`): ``value`` (None for the first run or when nothing is left
             unlabelled), ``n_items``, ``previous_run``, ``previous_n_labelled``, ``note``.
+        pictures: kind (``learning_curve``, ``picked``) → PNG written after the commit
+            (:mod:`alframe.annotate.pictures`).
+        notes: pictures that could not be drawn or logged.
     """
 
     run: int
@@ -71,6 +74,8 @@ class RoundTraining:
     best_val_dice: float
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
     pool_agreement: dict[str, Any] = field(default_factory=dict)
+    pictures: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _label_dataset_class() -> Any:
@@ -425,6 +430,13 @@ def train_round(
             ),
         )
         StateStore.log_event(conn, "train", {"run": run, "n_labelled": len(labels)})
+    # After the commit: a picture that cannot be drawn is a note, never a lost run.
+    from alframe.annotate.pictures import guarded, write_training_pictures
+
+    pictures, notes = guarded(
+        f"run {run} pictures",
+        lambda: write_training_pictures(project, run, folder, task, tracker, run_id),
+    )
     return RoundTraining(
         run=run,
         folder=folder,
@@ -434,4 +446,6 @@ def train_round(
         best_val_dice=float(fit.best_val_dice),
         evaluation=evaluation,
         pool_agreement=agreement,
+        pictures=pictures,
+        notes=notes,
     )

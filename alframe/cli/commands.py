@@ -112,18 +112,32 @@ def cmd_select(args: argparse.Namespace) -> int:
     budget = args.budget if args.budget is not None else recipe.select.budget
     if budget is None or budget < 1:
         raise ConfigError("no budget: pass --budget N (N >= 1) or set select.budget in the recipe")
-    from alframe.workflows.selection import select_from_recipe, write_selection_csv
+    from alframe.workflows.selection import (
+        explain_selection,
+        select_from_recipe,
+        write_selection_csv,
+    )
 
     result = select_from_recipe(
         recipe, budget, strategy=args.strategy, labelled=args.labelled, checkpoint=args.checkpoint
     )
     path = write_selection_csv(result, args.out)
-    info = result.selection.info or {}
-    extra = f"; alpha = {info['alpha']}" if "alpha" in info else ""
-    print(
-        f"{result.strategy}: selected {len(result.selection.indices)} of {len(result.ids)}{extra}"
-    )
+    print(f"{result.strategy}: selected {len(result.selection.indices)} of {len(result.ids)}")
+    for line in explain_selection(result.selection):
+        print(line)
     print(f"written to {path}")
+    from alframe.workflows.pictures import selection_picture_paths, write_selection_pictures
+
+    try:
+        pictures, notes = write_selection_pictures(
+            recipe, result, selection_picture_paths(path), model=args.checkpoint
+        )
+    except Exception as err:  # the selection is written; a picture must not fail the command
+        print(f"note: pictures not written ({type(err).__name__}: {err})")
+    else:
+        for note in notes:
+            print(f"note: {note}")
+        print(f"pictures: {', '.join(str(p) for p in pictures.values())}")
     contrast = result.contrast
     if contrast is not None and contrast.low:
         from alframe.scoring.structure import LOW_CONTRAST

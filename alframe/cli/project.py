@@ -2,11 +2,12 @@
 
 ::
 
+    alframe project init DIR --images FOLDER --classes background=0,lung=255 [--masks FOLDER]
     alframe project init DIR --recipe R [--annotators a,b --overlap 0.2]
     alframe round next DIR --budget B [--strategy S]
     alframe round import DIR --from PATH [--annotator A] [--replace]
     alframe project connect / round push / round sync / round watch   (alframe.cli.labelstudio)
-    alframe round status DIR [--json]
+    alframe round status DIR [--json] [--report]
     alframe round pseudolabel DIR [--checkpoint latest|PATH]
     alframe round train DIR [--pseudo-labels]
     alframe export nnunet DIR OUT [--dataset-id N]
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 
@@ -26,9 +28,42 @@ def _notes(project: Any) -> None:
 
 def cmd_project_init(args: argparse.Namespace) -> int:
     from alframe.annotate import init_project
-    from alframe.config import load_recipe
+    from alframe.annotate.project import parse_classes, recipe_for_images
+    from alframe.config import apply_overrides, load_recipe, recipe_from_dict, recipe_to_dict
+    from alframe.errors import ConfigError
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    if (args.recipe is None) == (args.images is None):
+        raise ConfigError(
+            "project init needs either --recipe R or --images FOLDER --classes "
+            "background=0,lung=255 (not both); nothing was created"
+        )
+    if args.recipe is not None:
+        for flag in ("masks", "classes", "image_size", "channels"):
+            if getattr(args, flag) is not None:
+                raise ConfigError(
+                    f"--{flag.replace('_', '-')} goes with --images; with --recipe set it in the "
+                    "recipe (or with --set); nothing was created"
+                )
+        recipe = load_recipe(args.recipe, args.overrides)
+    else:
+        if args.classes is None:
+            raise ConfigError(
+                "--images needs --classes, e.g. --classes background=0,lung=255 (mask value of "
+                "each class, background first); nothing was created"
+            )
+        size = args.image_size or 256
+        recipe = recipe_for_images(
+            args.dir,
+            args.images,
+            parse_classes(args.classes),
+            masks=args.masks,
+            image_size=(size, size),
+            in_channels=args.channels,
+        )
+        if args.overrides:
+            recipe = recipe_from_dict(
+                apply_overrides(recipe_to_dict(recipe), args.overrides), "project init --images"
+            )
     names = args.annotators.split(",") if args.annotators else ["annotator"]
     summary = init_project(
         args.dir,
@@ -43,6 +78,12 @@ def cmd_project_init(args: argparse.Namespace) -> int:
         f"{', '.join(summary['annotators'])}; unlabelled pixels in masks: "
         f"{summary['ignore_value']}"
     )
+    if recipe.data.source is None:
+        print(
+            "no separate source site: the MAE is trained on these images themselves and XSSR "
+            "runs without its novelty term (density × diversity)"
+        )
+    print(f"recipe: {args.dir}/recipe.yaml (edit it for later rounds); outputs stay in {args.dir}")
     print(f"next: alframe round next {args.dir} --budget B")
     return 0
 
@@ -84,6 +125,8 @@ def cmd_round_next(args: argparse.Namespace) -> int:
     shown = ", ".join(f"{n} {c}" for n, c in sorted(loads.items()))
     print(f"round {result.round} ({result.strategy}): {len(result.ids)} items → {shown}")
     print(f"export: {result.folder / 'export'} (manifest.csv, labelstudio_tasks.json)")
+    if result.pictures:
+        print(f"pictures: {', '.join(str(p) for p in result.pictures.values())}")
     for line in pushed:
         print(line)
     if pushed:
@@ -105,12 +148,16 @@ def cmd_round_import(args: argparse.Namespace) -> int:
             replace=args.replace,
             unpainted=args.unpainted,
             dry_run=args.dry_run,
+            only_selected=args.only_selected,
         )
     verb = "would import" if report.dry_run else "imported"
+    pending = "would still be pending" if report.dry_run else "still pending"
     print(
         f"{verb} {len(report.new)} new, {len(report.replaced)} replaced, "
-        f"{len(report.unchanged)} unchanged labels; {report.pending} items still pending"
+        f"{len(report.unchanged)} unchanged labels; {report.pending} items {pending}"
     )
+    if report.skipped:
+        print(f"left out {len(report.skipped)} files of items no round has given out yet")
     return 0
 
 
@@ -120,7 +167,14 @@ def cmd_round_status(args: argparse.Namespace) -> int:
     with open_project(args.dir, write=False) as project:
         _notes(project)
         status = project_status(project)
+        report = None
+        if args.report:
+            from alframe.annotate.pictures import write_project_report
+
+            report = write_project_report(project, status)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
+    if report is not None:
+        print(f"report: {report} (open it in a browser)", file=sys.stderr if args.json else None)
     return 0
 
 
@@ -180,6 +234,10 @@ def cmd_round_train(args: argparse.Namespace) -> int:
     elif agreement.get("note"):
         print(f"  agreement with the previous model: {agreement['note']}")
     print(f"checkpoint: {result.checkpoint}")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.pictures:
+        print(f"pictures: {', '.join(str(p) for p in result.pictures.values())}")
     return 0
 
 
@@ -210,9 +268,20 @@ def add_commands(sub: Any) -> None:
 
     project = sub.add_parser("project", help="labelling projects (init)")
     project_sub = project.add_subparsers(dest="project_action", metavar="ACTION", required=True)
-    init = project_sub.add_parser("init", help="create a labelling project for a recipe's pool")
+    init = project_sub.add_parser(
+        "init", help="create a labelling project on a folder of images (or a recipe's pool)"
+    )
     init.add_argument("dir", help="project folder (new or empty)")
-    init.add_argument("--recipe", "-r", required=True, help="recipe YAML; data.train is the pool")
+    init.add_argument("--recipe", "-r", help="recipe YAML; data.train is the pool")
+    init.add_argument("--images", help="folder of images to label (instead of --recipe)")
+    init.add_argument("--masks", help="with --images: masks with the images' file names")
+    init.add_argument("--classes", help="with --images: NAME=VALUE,... e.g. background=0,lung=255")
+    init.add_argument(
+        "--image-size", type=int, help="with --images: square side after resizing (default 256)"
+    )
+    init.add_argument(
+        "--channels", type=int, choices=(1, 3), help="with --images: default from the first image"
+    )
     init.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     init.add_argument("--annotators", help="comma-separated names (default: one 'annotator')")
     init.add_argument(
@@ -259,11 +328,21 @@ def add_commands(sub: Any) -> None:
         help="Label Studio pixels outside every region (default: background)",
     )
     imp.add_argument("--dry-run", action="store_true", help="validate only, commit nothing")
+    imp.add_argument(
+        "--only-selected",
+        action="store_true",
+        help="leave out files of items no round gave out (e.g. existing masks of the whole pool)",
+    )
     imp.set_defaults(handler=cmd_round_import)
 
     status = round_sub.add_parser("status", help="pending / labelled per round and annotator")
     status.add_argument("dir", help="project folder")
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--report",
+        action="store_true",
+        help="also write DIR/report.html: learning curve, pool and picked pictures, tables",
+    )
     status.set_defaults(handler=cmd_round_status)
 
     pseudo = round_sub.add_parser(

@@ -162,8 +162,12 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Recipe:
 def load_recipe(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Recipe:
     """Read, override and validate a recipe file.
 
+    A recipe inside a labelling project (``project.json`` beside it), or the project folder
+    itself, is resolved as the project sees it: paths relative to the project folder and the
+    MLflow store in it (:func:`project_recipe_paths`).
+
     Args:
-        path: YAML recipe file.
+        path: YAML recipe file, or a labelling project folder.
         overrides: ``KEY=VALUE`` strings applied in order before validation.
 
     Returns:
@@ -173,6 +177,8 @@ def load_recipe(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
         ConfigError: the file is missing, is not YAML, or does not match the schema.
     """
     file = Path(path)
+    if file.is_dir() and (file / PROJECT_MARKER).is_file():
+        file = file / "recipe.yaml"  # a labelling project stands for its recipe
     if not file.is_file():
         raise ConfigError(
             f"recipe {file}: no such file; pass an existing YAML file (see recipes/ for examples)"
@@ -187,8 +193,88 @@ def load_recipe(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
         raise ConfigError(f"recipe {file}: the file is empty; start from a file in recipes/")
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {file}: expected a mapping of keys at the top level")
+    project = project_folder_of(file)
+    if project is not None:
+        # A labelling project's recipe: its paths are relative to the project, wherever the
+        # command runs from, and its MLflow store lives there too (see project_recipe_paths).
+        project_recipe_paths(raw, project)
     raw = apply_overrides(raw, overrides)
     return recipe_from_dict(raw, str(file))
+
+
+PROJECT_MARKER = "project.json"
+"""The file that makes a folder a labelling project (``alframe.annotate.project``)."""
+
+RECIPE_PATH_KEYS: tuple[tuple[str, ...], ...] = (
+    ("data", "root"),
+    ("output_dir",),
+    ("model", "weights"),
+    ("model", "encoder_weights"),
+    ("embed", "weights"),
+    ("embed", "cache_dir"),
+)
+"""Recipe keys that hold file-system paths (``embed.ensemble`` entries are handled too)."""
+
+
+def project_folder_of(recipe_file: Path) -> Path | None:
+    """The labelling project a recipe file belongs to (``project.json`` beside it), else None."""
+    return recipe_file.parent if (recipe_file.parent / PROJECT_MARKER).is_file() else None
+
+
+def _rebase_one(value: Any, raw: dict[str, Any], key: tuple[str, ...], **where: Path | None) -> Any:
+    if not isinstance(value, str) or "${" in value:
+        return value  # ${ALFRAME_DATA}/... stays portable as it is
+    if key == ("output_dir",):
+        value = value.replace("{name}", str(raw.get("name", "")))
+    path = Path(os.path.expanduser(value))
+    to_relative, to_absolute = where.get("to_relative"), where.get("to_absolute")
+    if to_relative is not None:
+        absolute = path if path.is_absolute() else Path.cwd() / path
+        try:
+            return os.path.relpath(os.path.normpath(absolute), to_relative)
+        except ValueError:  # another drive (Windows): keep it absolute
+            return str(absolute)
+    if to_absolute is not None and not path.is_absolute():
+        return os.path.normpath(to_absolute / path)
+    return value
+
+
+def rebase_recipe_paths(
+    raw: dict[str, Any], to_absolute: Path | None = None, to_relative: Path | None = None
+) -> None:
+    """Rewrite a raw recipe's path keys in place (:data:`RECIPE_PATH_KEYS`, ``embed.ensemble``).
+
+    Args:
+        raw: the recipe mapping.
+        to_absolute: make relative paths absolute against this folder.
+        to_relative: make paths (relative ones taken from the working directory) relative to
+            this folder.
+    """
+    where = {"to_absolute": to_absolute, "to_relative": to_relative}
+    for key in RECIPE_PATH_KEYS:
+        node: Any = raw
+        for part in key[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key[-1] in node:
+            node[key[-1]] = _rebase_one(node[key[-1]], raw, key, **where)
+    embed = raw.get("embed")
+    if isinstance(embed, dict) and isinstance(embed.get("ensemble"), list):
+        embed["ensemble"] = [_rebase_one(v, raw, ("embed",), **where) for v in embed["ensemble"]]
+
+
+def project_recipe_paths(raw: dict[str, Any], project: Path) -> None:
+    """Resolve a project recipe in place: paths against the project folder, and an unset
+    ``tracking.uri`` to the project's own ``mlflow.db`` (unless ``$MLFLOW_TRACKING_URI`` is set).
+    """
+    root = project.resolve()
+    rebase_recipe_paths(raw, to_absolute=root)
+    tracking = raw.setdefault("tracking", {})
+    if (
+        isinstance(tracking, dict)
+        and not tracking.get("uri")
+        and not os.environ.get("MLFLOW_TRACKING_URI")
+    ):
+        tracking["uri"] = f"sqlite:///{root / 'mlflow.db'}"
 
 
 def expand_path(text: str, base: Path | None = None) -> Path:

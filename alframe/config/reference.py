@@ -7,6 +7,7 @@ so the reference can never drift from the code.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -15,6 +16,14 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from alframe.config.schema import Recipe
+
+# Docstrings name documentation pages from the repository root (``docs/methods/xssr.md``); the
+# reference itself lives in docs/, so those become links relative to it.
+_DOCS_PAGE = re.compile(r"(?<![\w./`])docs/([\w./-]+\.md)")
+
+
+def _link_docs_pages(text: str) -> str:
+    return _DOCS_PAGE.sub(lambda m: f"[{m.group(1)}]({m.group(1)})", text)
 
 
 def _type_name(annotation: Any) -> str:
@@ -61,12 +70,12 @@ def _section(model: type[BaseModel], path: str, seen: set[str], lines: list[str]
     lines.append("")
     doc = (model.__doc__ or "").strip()
     if doc:
-        lines.extend([" ".join(doc.split()), ""])
+        lines.extend([_link_docs_pages(" ".join(doc.split())), ""])
     lines.append("| key | type | default | meaning |")
     lines.append("|---|---|---|---|")
     children: list[tuple[str, type[BaseModel]]] = []
     for name, field in model.model_fields.items():
-        desc = (field.description or "").replace("|", "\\|")
+        desc = _link_docs_pages((field.description or "").replace("|", "\\|"))
         lines.append(
             f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |".replace(
                 "||", "| |"

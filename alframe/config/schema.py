@@ -247,7 +247,7 @@ class TrackingConfig(_Strict):
 
 
 class MAEConfig(_Strict):
-    """Convolutional masked autoencoder trained on unlabelled source images (methods/xssr.md).
+    """Convolutional masked autoencoder trained on unlabelled source images (docs/methods/xssr.md).
 
     The learning rate follows the MAE convention ``base_lr * batch_size / 256``.
     """
@@ -277,6 +277,12 @@ class EmbedConfig(_Strict):
     backbone: Literal["mae", "timm", "segmentation"] = "mae"
     encoder: str = Field("resnet18", description="timm model name (backbone: timm)")
     weights: str | None = None
+    ensemble: list[str] = Field(
+        default_factory=list,
+        description="further MAE checkpoints (backbone: mae) embedded together with the main "
+        "one: each member's embedding is unit-normalised and the rows concatenated, so "
+        "distances average over the members instead of hanging on one MAE's training seed",
+    )
     concat_penultimate: bool = Field(False, description="also pool the penultimate stage")
     batch_size: int = Field(32, ge=1, description="images per forward pass, over all devices")
     devices: int | str | list[str] = Field(
@@ -334,7 +340,7 @@ class SelectConfig(_Strict):
 
 
 class RPGConfig(_Strict):
-    """Label-transfer options of reference-guided pseudo-labels (methods/rpg.md)."""
+    """Label-transfer options of reference-guided pseudo-labels (docs/methods/rpg.md)."""
 
     top_k: int = Field(1, ge=1, description="1: nearest reference pixel; k > 1: similarity vote")
     temperature: float = Field(0.1, gt=0, description="softmax temperature of the top-k vote")

@@ -4,7 +4,7 @@ Every encoder is wrapped in an :class:`Embedder` whose module maps an image batc
 a list of feature maps, shallow to deep (smp encoders also return the input first; timm
 ``features_only`` models do not — only the last two entries are used, so both work). An embedding
 is the global average pool of the last stage, optionally concatenated with the pooled
-penultimate stage, L2-normalised (methods/xssr.md, Stage 1). Extraction never masks the input.
+penultimate stage, L2-normalised (docs/methods/xssr.md). Extraction never masks the input.
 """
 
 from __future__ import annotations
@@ -340,6 +340,63 @@ def encoder_from_timm(
         _load_into(module, load_state_dict_file(source), source, f"timm model {timm_name}")
     module.eval()
     return Embedder(module, "timm", timm_name, in_channels, source)
+
+
+class EncoderEnsemble(nn.Module):
+    """Several encoders of the same input as one: each member's stages are scaled so that their
+    global average pool has unit norm, then concatenated along channels.
+
+    Pooling the output (:func:`pool_features`) thus gives the concatenation of the members'
+    unit embeddings divided by ``sqrt(K)``: squared distances between two items are the mean of
+    the members' squared distances, so the neighbour structure no longer hangs on one training
+    seed. Members must produce the same spatial sizes at their last two stages (same encoder
+    architecture and input size).
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ModelError("an encoder ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) → ``[penultimate, last]`` stages, each (B, sum of members' C_i, h, w)."""
+        stages: list[list[torch.Tensor]] = [[], []]
+        for member in self.members:
+            maps = module_feature_maps(member, images)
+            for slot, fmap in zip((0, 1), (maps[-2] if len(maps) > 1 else maps[-1], maps[-1])):
+                norm = fmap.float().mean(dim=(2, 3)).norm(dim=1).clamp_min(1e-12)
+                stages[slot].append(fmap / norm[:, None, None, None])
+        return [torch.cat(stage, dim=1) for stage in stages]
+
+
+def encoder_ensemble(embedders: Sequence[Embedder]) -> Embedder:
+    """One :class:`Embedder` over several (see :class:`EncoderEnsemble`).
+
+    Args:
+        embedders: the members, e.g. MAE encoders trained with different seeds; the first one
+            names the result.
+
+    Returns:
+        An :class:`Embedder` of the first member's kind whose weights hash covers every member.
+
+    Raises:
+        ModelError: no members, or members that take different channel counts.
+    """
+    if not embedders:
+        raise ModelError("an encoder ensemble needs at least one member")
+    channels = {e.in_channels for e in embedders}
+    if len(channels) != 1:
+        raise ModelError(
+            f"ensemble members take different channel counts {sorted(channels)}; use encoders "
+            "trained on the same kind of images"
+        )
+    if len(embedders) == 1:
+        return embedders[0]
+    first = embedders[0]
+    module = EncoderEnsemble([e.module for e in embedders]).eval()
+    name = f"{first.name}x{len(embedders)}"
+    return Embedder(module, first.kind, name, first.in_channels, first.source)
 
 
 def encoder_from_segmentation(checkpoint: str | os.PathLike[str]) -> Embedder:

@@ -1,6 +1,6 @@
 """Convolutional masked autoencoder (MAE) trained on unlabelled source images (XSSR Stage 1).
 
-Spec: /work/shared/methods/xssr.md, Stage 1. Every [default] there is a parameter here:
+Method note: docs/methods/xssr.md (step 1). Each of alframe's own choices is a parameter here:
 ``patch_size`` (16 px) square patches are masked at ``mask_ratio`` (0.75) and their pixels zeroed;
 an smp/timm CNN encoder (random init) encodes the masked image; a light convolutional decoder
 reconstructs it; the loss is the MSE over masked pixels only (optionally against per-patch
@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from torch import nn
 
 from alframe._atomic import atomic_write_text
 from alframe.config.schema import MAEConfig, Recipe
-from alframe.errors import ConfigError, DataError, ModelError
+from alframe.errors import AlframeNote, DataError, ModelError
 
 CHECKPOINT_FORMAT = "alframe.mae/1"
 """Tag stored in ``mae.ckpt`` so other files are refused with a clear message."""
@@ -667,6 +668,10 @@ class MAETrainResult:
     n_images: int = 0
 
 
+class SingleSiteNote(AlframeNote):
+    """The MAE was trained on the pool itself because the recipe names no source site."""
+
+
 def _check_not_target(recipe: Recipe, samples: Sequence[Any]) -> None:
     """Refuse target-domain images: the MAE must only ever see unlabelled source images."""
     data = recipe.data
@@ -698,15 +703,24 @@ def _source_dataset(recipe: Recipe, samples: Any) -> Any:
     if samples is not None and not isinstance(samples, list | tuple):
         return samples  # already a Dataset (tests, custom pipelines): the caller vouches for it
     if samples is None:
-        if recipe.data.source is None:
-            raise ConfigError(
-                "data.source is not set: the MAE is trained on unlabelled source-domain images "
-                "only; set data.source (e.g. {dataset: montgomery}) in the recipe"
-            )
         from alframe.data.catalog import DataCatalog
 
+        if recipe.data.source is None:
+            # A single-site pool: its own unlabelled images are all there is. XSSR's novelty
+            # (distance to the source) is then switched off by the strategy itself.
+            warnings.warn(
+                "no data.source: the MAE is trained on the pool's own (unlabelled) images and "
+                "XSSR runs without its novelty term; set data.source for the cross-domain mode",
+                SingleSiteNote,
+                stacklevel=3,
+            )
+            return _eval_dataset(recipe, DataCatalog(recipe).samples(recipe.data.train))
         samples = DataCatalog(recipe).samples(recipe.data.source)
     _check_not_target(recipe, samples)
+    return _eval_dataset(recipe, samples)
+
+
+def _eval_dataset(recipe: Recipe, samples: Sequence[Any]) -> Any:
     from alframe.data import SegmentationDataset
 
     # Eval transforms (resize + normalisation + augment.eval): the same preprocessing the
@@ -859,6 +873,7 @@ def train_mae(
             logger=None,
             callbacks=[*(callbacks or []), _EpochResumePoint(resume, fingerprint)],
             max_epochs=cfg.max_epochs,
+            progress_label=f"MAE ({cfg.max_epochs} epochs)",
             # Our resume point is the only Checkpoint callback: Lightning adds no other.
             checkpointing=True,
         )

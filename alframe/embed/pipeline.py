@@ -17,6 +17,7 @@ from alframe.embed.cache import EmbeddingCache, EmbeddingKey, preprocessing_sign
 from alframe.embed.extract import (
     EMBEDDING_VERSION,
     Embedder,
+    encoder_ensemble,
     encoder_from_mae,
     encoder_from_segmentation,
     encoder_from_timm,
@@ -54,6 +55,51 @@ def mae_checkpoint_path(recipe: Recipe) -> Path:
     return Path(recipe.run_dir) / "mae" / "mae.ckpt"
 
 
+def ensure_mae(recipe: Recipe, progress: bool = True) -> Any:
+    """Train the recipe's MAE when it is used and not there yet; no-op otherwise.
+
+    Only the default location (``<run_dir>/mae/mae.ckpt``) is filled: a missing file named by
+    ``embed.weights`` stays an error of :func:`build_embedder`. Without ``data.source`` the MAE
+    is trained on the pool's own images (a single-site pool).
+
+    Args:
+        recipe: the validated recipe.
+        progress: print what is trained and, when done, how long it took.
+
+    Returns:
+        The :class:`~alframe.embed.mae.MAETrainResult`, or None when nothing was trained.
+    """
+    if recipe.embed.backbone != "mae" or recipe.embed.weights:
+        return None
+    path = mae_checkpoint_path(recipe)
+    if path.exists():
+        return None
+    import logging
+
+    from alframe.embed.mae import train_mae
+
+    if progress:
+        # Lightning sets its loggers to INFO on import ("GPU available", tips): the bar is enough.
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    cfg = recipe.embed.mae
+    images = "the source site" if recipe.data.source is not None else "the pool's own images"
+    if progress:
+        print(
+            f"training the embedding MAE ({cfg.encoder}, {cfg.max_epochs} epochs) on {images} "
+            f"→ {path}",
+            flush=True,
+        )
+    result = train_mae(recipe)
+    if progress:
+        print(
+            f"MAE trained on {result.n_images} images in {result.wall_time_s:.0f} s "
+            f"(final loss {result.final_loss:.4f})",
+            flush=True,
+        )
+    return result
+
+
 def build_embedder(recipe: Recipe) -> Embedder:
     """The encoder ``recipe.embed`` describes.
 
@@ -71,6 +117,23 @@ def build_embedder(recipe: Recipe) -> Embedder:
                 "or set embed.weights"
             )
         embedder = encoder_from_mae(path)
+        if cfg.ensemble:
+            members = [embedder]
+            for extra in cfg.ensemble:
+                member_path = expand_path(extra)
+                if not member_path.exists():
+                    raise ModelError(
+                        f"embed.ensemble: no MAE checkpoint at {member_path}; train it "
+                        "(alframe embed train-mae with another --set seed=N and "
+                        "--set output_dir=...) or remove it from the list"
+                    )
+                members.append(encoder_from_mae(member_path))
+            embedder = encoder_ensemble(members)
+    elif cfg.ensemble:
+        raise ConfigError(
+            f"embed.ensemble lists MAE checkpoints but embed.backbone is {cfg.backbone!r}; "
+            "use backbone: mae or remove embed.ensemble"
+        )
     elif cfg.backbone == "timm":
         weights = expand_path(cfg.weights) if cfg.weights else None
         embedder = encoder_from_timm(cfg.encoder, recipe.data.in_channels, weights, recipe.seed)

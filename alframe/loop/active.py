@@ -528,7 +528,7 @@ class ActiveLearningRun:
         oracle: SimulatedOracle,
         previous: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        from alframe.workflows.selection import SelectionResult, write_selection_csv
+        from alframe.workflows.selection import SelectionResult, picked_rows, write_selection_csv
 
         arm = self.arm
         self.hooks.on_round_start(arm, round_index)
@@ -614,15 +614,16 @@ class ActiveLearningRun:
             relative = checkpoint.resolve().relative_to(self.run_dir.resolve())
         except ValueError:
             relative = checkpoint.resolve()
-        terms = selection.terms
+        # As in selection.csv: score = priority from the pick order, the strategy's own score
+        # is the term score_at_pick (alframe.workflows.selection.picked_rows).
         selected = [
             {
-                "id": self.pool_ids[int(index)],
-                "rank": rank,
-                "score": selection.scores[int(index)],
-                "terms": {name: values[int(index)] for name, values in terms.items()},
+                "id": self.pool_ids[row.index],
+                "rank": row.rank,
+                "score": row.score,
+                "terms": row.terms,
             }
-            for rank, index in enumerate(selection.indices, start=1)
+            for row in picked_rows(selection)
         ]
         content = {
             "round": round_index,

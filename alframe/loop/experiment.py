@@ -255,34 +255,15 @@ class _Embeddings:
         self.progress = progress
 
     def _ensure_mae(self) -> None:
-        from alframe.embed.pipeline import mae_checkpoint_path
+        from alframe.embed.pipeline import ensure_mae
 
-        if self.recipe.embed.backbone != "mae":
-            return
-        path = mae_checkpoint_path(self.recipe)
-        if path.exists():
-            return
-        from alframe.embed import train_mae
-
-        if self.progress:
-            print(
-                f"training the source-domain MAE ({self.recipe.embed.mae.encoder}, "
-                f"{self.recipe.embed.mae.max_epochs} epochs) → {path}",
-                flush=True,
-            )
-        result = train_mae(self.recipe)
-        if self.progress:
-            print(
-                f"MAE trained on {result.n_images} source images in {result.wall_time_s:.0f} s "
-                f"(final loss {result.final_loss:.4f})",
-                flush=True,
-            )
+        ensure_mae(self.recipe, progress=self.progress)
 
     def pool(self) -> tuple[np.ndarray, str]:
         from alframe.embed import embed_samples
 
         self._ensure_mae()
-        result = embed_samples(self.recipe, self.samples, progress=False)
+        result = embed_samples(self.recipe, self.samples, progress=self.progress)
         return result.embeddings, result.weights_hash
 
     def model(
@@ -419,8 +400,14 @@ def run_experiment(
         if learner_factory is not None:
             learner = learner_factory(arm_recipe, catalog, arm)
         else:
+            bars = []
+            if progress:
+                from alframe.models.progress import RunProgress
+
+                # One bar per round's training (with ETA), cleared when the round line prints.
+                bars = [RunProgress(f"{arm.label} seed {arm.seed} training", leave=False)]
             learner = LightningLearner(
-                arm_recipe, catalog=catalog, finetune=arm.retrain == "finetune"
+                arm_recipe, catalog=catalog, finetune=arm.retrain == "finetune", callbacks=bars
             )
         described = arm.describe()
         described.pop("cumulative")

@@ -27,6 +27,10 @@ import pandas as pd
 
 REFERENCE_LABEL = "full"
 
+REFERENCE_TOLERANCE = 0.005
+"""Dice by which the full-data reference may fall below a subset model (seed noise) before the
+set's percentages of full data are withheld (:func:`summary_table`)."""
+
 RESULT_COLUMNS = [
     "label",
     "strategy",
@@ -149,7 +153,9 @@ def summary_table(results: pd.DataFrame, set_order: Sequence[str] | None = None)
         Columns ``label, schedule, eval_set, n_labelled, n_seeds, dice_mean, dice_std,
         iou_mean, iou_std, pct_of_full, aulc_mean, aulc_std, agreement_mean, agreement_std``
         (the reference has one row per set with pct_of_full 100; agreement is NaN where no seed
-        has a value).
+        has a value). pct_of_full is None for every row of a set whose reference Dice is below
+        some subset's mean Dice by more than :data:`REFERENCE_TOLERANCE`: such a reference is not a ceiling (see
+        :func:`reference_below_subsets`).
     """
     columns = [
         "label",
@@ -176,6 +182,13 @@ def summary_table(results: pd.DataFrame, set_order: Sequence[str] | None = None)
     ):
         value = aulc(group["n_labelled"].tolist(), group["dice_mean"].tolist())
         aulcs.setdefault((str(label), str(schedule), str(set_name)), []).append(value)
+    # A reference clearly below some subset model is no ceiling (e.g. a too-short training): a
+    # percentage of it would read as "more than full data". Such sets get no percentage.
+    subsets = results[results["label"] != REFERENCE_LABEL]
+    best_subset = subsets.groupby(["label", "schedule", "eval_set", "n_labelled"])[
+        "dice_mean"
+    ].mean()
+    best_by_set = best_subset.groupby(level="eval_set").max().to_dict() if len(subsets) else {}
     rows = []
     for (label, schedule, set_name, n_labelled), group in results.groupby(
         ["label", "schedule", "eval_set", "n_labelled"], sort=False
@@ -183,6 +196,8 @@ def summary_table(results: pd.DataFrame, set_order: Sequence[str] | None = None)
         dice = group["dice_mean"].to_numpy(dtype=np.float64)
         iou = group["iou_mean"].to_numpy(dtype=np.float64)
         ref = reference.get(str(set_name))
+        if ref and ref[0] < best_by_set.get(set_name, -math.inf) - REFERENCE_TOLERANCE:
+            ref = None
         area = np.asarray(aulcs[(str(label), str(schedule), str(set_name))], dtype=np.float64)
         agreement = _finite(group["pool_agreement"]) if "pool_agreement" in group else _finite([])
         rows.append(
@@ -212,17 +227,126 @@ def summary_table(results: pd.DataFrame, set_order: Sequence[str] | None = None)
     return table.drop(columns=["_set", "_ref"]).reset_index(drop=True)
 
 
+def reference_below_subsets(table: pd.DataFrame) -> list[str]:
+    """Evaluation sets whose full-data reference is below a subset model (no % of full data).
+
+    Args:
+        table: a frame from :func:`summary_table`.
+    """
+    sets = []
+    for set_name, part in table.groupby("eval_set", sort=False):
+        is_ref = part["label"] == REFERENCE_LABEL
+        if is_ref.any() and part.loc[is_ref, "pct_of_full"].isna().all():
+            sets.append(str(set_name))
+    return sets
+
+
 def _curve_label(label: str, schedule: str, schedules: Sequence[str]) -> str:
     return label if len(schedules) <= 1 else f"{label} ({schedule})"
+
+
+def _seeds_text(counts: Iterable[Any]) -> str:
+    """``"mean ± std over 3 seeds"`` (or ``2–3 seeds``), or ``"1 seed"`` (no band), from
+    per-point seed counts."""
+    values = [int(c) for c in counts] or [1]
+    low, high = min(values), max(values)
+    if high <= 1:
+        return "1 seed"
+    return f"mean ± std over {low if low == high else f'{low}–{high}'} seeds"
+
+
+def learning_curves_figure(table: pd.DataFrame, title: str = "", metric: str = "dice") -> Any:
+    """The learning-curve figure of :func:`plot_learning_curves` (for inspection and writing).
+
+    Per strategy, a line through the mean over seeds at each budget (gid
+    ``"curve:<label>"``) and, where a budget has several seeds, the band mean ± std (gid
+    ``"band:<label>"``); the full-data reference is a black dashed line at its mean (gid
+    ``"reference"``) with a grey band mean ± std when it has several seeds (gid
+    ``"reference_band"``). Each legend entry is drawn with the same artists as its curve (line
+    over band) and says how many seeds the band spans ("1 seed": no band).
+
+    Args:
+        table: a frame from :func:`summary_table`.
+        title: figure title.
+        metric: ``"dice"`` or ``"iou"``.
+
+    Returns:
+        The :class:`matplotlib.figure.Figure` (Agg canvas).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.legend_handler import HandlerTuple
+
+    sets = list(dict.fromkeys(table["eval_set"].tolist())) or ["(no results)"]
+    figure = Figure(figsize=(5.5 * len(sets), 4.2), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(sets), squeeze=False)[0]
+    curves = table[table["label"] != REFERENCE_LABEL]
+    schedules = list(dict.fromkeys(curves["schedule"].tolist()))
+    for axis, set_name in zip(axes, sets):
+        handles: list[Any] = []
+        labels: list[str] = []
+        part = curves[curves["eval_set"] == set_name]
+        for (label, schedule), group in part.groupby(["label", "schedule"], sort=False):
+            group = group.sort_values("n_labelled")
+            name = _curve_label(str(label), str(schedule), schedules)
+            x = group["n_labelled"].to_numpy(dtype=np.float64)
+            y = group[f"{metric}_mean"].to_numpy(dtype=np.float64)
+            err = group[f"{metric}_std"].to_numpy(dtype=np.float64)
+            seeds = group["n_seeds"].to_numpy(dtype=np.int64)
+            (line,) = axis.plot(x, y, marker="o", gid=f"curve:{name}", zorder=3)
+            if (seeds > 1).any():
+                band = axis.fill_between(
+                    x, y - err, y + err, color=line.get_color(), alpha=0.2, gid=f"band:{name}"
+                )
+                handles.append((band, line))
+            else:
+                handles.append(line)
+            labels.append(f"{name} ({_seeds_text(seeds)})")
+        reference = table[(table["label"] == REFERENCE_LABEL) & (table["eval_set"] == set_name)]
+        if len(reference):
+            mean = float(reference[f"{metric}_mean"].iloc[0])
+            std = float(reference[f"{metric}_std"].iloc[0])
+            n_full = int(reference["n_labelled"].iloc[0])
+            n_seeds = int(reference["n_seeds"].iloc[0])
+            level = axis.axhline(mean, color="black", linestyle="--", linewidth=1, gid="reference")
+            if n_seeds > 1:
+                span = axis.axhspan(
+                    mean - std, mean + std, color="grey", alpha=0.25, gid="reference_band"
+                )
+                handles.append((span, level))
+            else:
+                handles.append(level)
+            labels.append(f"full data (n={n_full}, {_seeds_text([n_seeds])})")
+        budgets = sorted({int(n) for n in part["n_labelled"]})
+        if 0 < len(budgets) <= 12:
+            axis.set_xticks(budgets)
+        axis.set_title(str(set_name))
+        axis.set_xlabel("labelled images")
+        axis.set_ylabel(metric.capitalize())
+        axis.grid(alpha=0.3)
+        if handles:
+            axis.legend(
+                handles,
+                labels,
+                handler_map={tuple: HandlerTuple(ndivide=1)},
+                loc="best",
+                fontsize="small",
+            )
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure
 
 
 def plot_learning_curves(
     table: pd.DataFrame, path: str | os.PathLike[str], title: str = "", metric: str = "dice"
 ) -> Path:
-    """Learning curves (mean ± std over seeds per strategy) with the full-data band.
+    """Learning curves (mean ± std over seeds per strategy) with the full-data reference.
 
     One panel per evaluation set; x = labelled images, y = Dice. Drawn with matplotlib's Agg
-    canvas (no pyplot, no display, no global backend change).
+    canvas (no pyplot, no display, no global backend change); see
+    :func:`learning_curves_figure`.
 
     Args:
         table: a frame from :func:`summary_table`.
@@ -233,46 +357,7 @@ def plot_learning_curves(
     Returns:
         The written path.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    sets = list(dict.fromkeys(table["eval_set"].tolist())) or ["(no results)"]
-    figure = Figure(figsize=(5.5 * len(sets), 4.2), dpi=110)
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(sets), squeeze=False)[0]
-    curves = table[table["label"] != REFERENCE_LABEL]
-    schedules = list(dict.fromkeys(curves["schedule"].tolist()))
-    for axis, set_name in zip(axes, sets):
-        part = curves[curves["eval_set"] == set_name]
-        for (label, schedule), group in part.groupby(["label", "schedule"], sort=False):
-            group = group.sort_values("n_labelled")
-            x = group["n_labelled"].to_numpy(dtype=np.float64)
-            y = group[f"{metric}_mean"].to_numpy(dtype=np.float64)
-            err = group[f"{metric}_std"].to_numpy(dtype=np.float64)
-            (line,) = axis.plot(
-                x, y, marker="o", label=_curve_label(str(label), str(schedule), schedules)
-            )
-            axis.fill_between(x, y - err, y + err, color=line.get_color(), alpha=0.2)
-        reference = table[(table["label"] == REFERENCE_LABEL) & (table["eval_set"] == set_name)]
-        if len(reference):
-            mean = float(reference[f"{metric}_mean"].iloc[0])
-            std = float(reference[f"{metric}_std"].iloc[0])
-            n_full = int(reference["n_labelled"].iloc[0])
-            axis.axhline(mean, color="black", linestyle="--", linewidth=1)
-            axis.axhspan(
-                mean - std, mean + std, color="grey", alpha=0.25, label=f"full data (n={n_full})"
-            )
-        budgets = sorted({int(n) for n in part["n_labelled"]})
-        if 0 < len(budgets) <= 12:
-            axis.set_xticks(budgets)
-        axis.set_title(str(set_name))
-        axis.set_xlabel("labelled images")
-        axis.set_ylabel(metric.capitalize())
-        axis.grid(alpha=0.3)
-        axis.legend(loc="best", fontsize="small")
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
+    figure = learning_curves_figure(table, title, metric)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.tmp")

@@ -229,8 +229,13 @@ def make_trainer(
     callbacks: list[Callback],
     max_epochs: int | None = None,
     checkpointing: bool = True,
+    progress_label: str = "training",
 ) -> L.Trainer:
     """A ``L.Trainer`` with the recipe's hardware settings (shared by every alframe training).
+
+    With ``train.progress`` the run shows one bar over all its steps with the time left
+    (:class:`alframe.models.progress.RunProgress`) instead of Lightning's per-epoch bar and model
+    summary.
 
     Args:
         recipe: ``train.*`` gives accelerator, devices, strategy, nodes, precision, determinism.
@@ -239,6 +244,7 @@ def make_trainer(
         callbacks: Lightning callbacks.
         max_epochs: overrides ``train.max_epochs`` (e.g. the MAE's own epoch count).
         checkpointing: let Lightning add its default checkpoint callback when none is given.
+        progress_label: the progress bar's label (e.g. ``"MAE"``).
 
     Raises:
         ConfigError: Lightning rejects the hardware settings.
@@ -249,6 +255,10 @@ def make_trainer(
         # A shallow smp encoder still owns its deeper stages; their parameters get no gradient,
         # and plain DDP stops at the first step. Let DDP look for unused parameters instead.
         strategy = "ddp_find_unused_parameters_true"
+    if cfg.progress:
+        from alframe.models.progress import RunProgress
+
+        callbacks = [*callbacks, RunProgress(progress_label)]
     try:
         return L.Trainer(
             accelerator=cfg.accelerator,
@@ -260,8 +270,8 @@ def make_trainer(
             enable_checkpointing=checkpointing,
             max_steps=cfg.max_steps,
             deterministic=cfg.deterministic,
-            enable_progress_bar=cfg.progress,
-            enable_model_summary=cfg.progress,
+            enable_progress_bar=False,  # RunProgress above, when train.progress
+            enable_model_summary=False,
             # No logger: Lightning would otherwise create lightning_logs/ in the working directory.
             logger=list(logger) if isinstance(logger, Iterable) else (logger or False),
             callbacks=callbacks,

@@ -1,4 +1,4 @@
-"""RPG: reference-guided pseudo-labels (Seibold et al., AAAI 2022; spec in methods/rpg.md).
+"""RPG: reference-guided pseudo-labels (Seibold et al., AAAI 2022; docs/methods/rpg.md).
 
 Every pixel of a new image takes the label of the most similar reference pixel in feature space
 (cosine of L2-normalised features), or a similarity-weighted vote of the k most similar. The
@@ -33,7 +33,7 @@ __all__ = ["RPGOptions", "RPGPseudoLabeller", "compact_bank", "transfer_labels"]
 
 @dataclass(frozen=True)
 class RPGOptions:
-    """Matching options of RPG (defaults follow methods/rpg.md).
+    """Matching options of RPG (defaults: docs/methods/rpg.md).
 
     Attributes:
         top_k: 1 = nearest reference pixel; k > 1 = similarity-weighted vote of the k best.

@@ -1,4 +1,4 @@
-"""Semi-supervised training with RPG pseudo-labels (methods/rpg.md, step 6).
+"""Semi-supervised training with RPG pseudo-labels (docs/methods/rpg.md, training).
 
 Loss of one step: ``L = L_sup(labelled batch) + λ(t) · L_pl(unlabelled batch, ŷ)`` where ŷ are
 RPG pseudo-labels of the unlabelled batch, computed without gradient from the model's *current*
@@ -333,7 +333,7 @@ def fit_semisupervised(
         unlabelled: samples whose masks (if any) are never used for training; when present they
             give the logged pseudo-label accuracy.
         out_dir: run folder; the checkpoint goes to ``out_dir/checkpoints/best.ckpt``.
-        options: warm-up, ramp, λ_max and RPG options (defaults: methods/rpg.md).
+        options: warm-up, ramp, λ_max and RPG options (defaults: docs/methods/rpg.md).
         val_samples: validation samples; default a seeded ``data.val_fraction`` of the labelled
             groups (removed from training); none when only one group is labelled.
         logger: Lightning logger(s) or None.

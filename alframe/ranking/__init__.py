@@ -10,7 +10,7 @@ Typical use::
     print(report.format())          # sorted by the first ranker; degenerate models flagged, last
 
 Scores are pure NumPy (:mod:`alframe.ranking.scores`); torch only runs the models. See
-docs methods/cte.md for the method and :mod:`alframe.ranking.rankers` for the plugin contract.
+docs/methods/cte.md for the method and :mod:`alframe.ranking.rankers` for the plugin contract.
 """
 
 from __future__ import annotations

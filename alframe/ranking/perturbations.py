@@ -54,7 +54,7 @@ PERTURBATIONS = INPUT_PERTURBATIONS + FEATURE_PERTURBATIONS
 SCALES = ("relative", "absolute")
 """How input-perturbation strengths are read: fractions of each image's spread, or raw values."""
 
-# Absolute strengths of the CTE spec (docs methods/cte.md): sigma ~ U[0.1, 0.2] on [0, 1] input.
+# Absolute strengths of the CTE spec (docs/methods/cte.md): sigma ~ U[0.1, 0.2] on [0, 1] input.
 _ABSOLUTE_RANGES: dict[str, tuple[float, float]] = {
     "gauss": (0.1, 0.2),
     "brightness": (-0.2, 0.2),

@@ -1,6 +1,6 @@
 """Per-image consistency scores and label-free baselines — pure NumPy.
 
-Notation (docs methods/cte.md): ``p_u`` and ``p_a`` are the clean and perturbed class
+Notation (docs/methods/cte.md): ``p_u`` and ``p_a`` are the clean and perturbed class
 probabilities of one image, ``b = p > t`` the binary foreground, and ``M = b_u ∨ b_a`` the
 evaluation mask (pixels that are background in both predictions are ignored). An image with
 ``|M| = 0`` gets no per-image score (NaN), never a perfect one.

@@ -681,7 +681,7 @@ def xssr_greedy(
     combine: Combine = "mul",
     blas_threads: int | None = GREEDY_BLAS_THREADS,
 ) -> XssrGreedyResult:
-    """XSSR greedy selection for one or several alphas at once (methods/xssr.md).
+    """XSSR greedy selection for one or several alphas at once (docs/methods/xssr.md).
 
     Each step, for each alpha: δ̂ = min-max of δ over the current candidates, score =
     :func:`combine_terms`, pick the argmax (ties → lowest index), update δ incrementally.

@@ -1,4 +1,4 @@
-"""XSSR: cross-domain self-supervised representative selection (specification: methods/xssr.md).
+"""XSSR: cross-domain self-supervised representative selection (method note: docs/methods/xssr.md).
 
 score(x) = ρ̂(x) · [α·ν̂(x) + (1−α)·δ̂(x | L)]  (``combine="mul"``, default)
 score(x) = ρ̂(x) + α·ν̂(x) + (1−α)·δ̂(x | L)   (``combine="add"``)
@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from alframe.errors import ConfigError
+from alframe.errors import AlframeNote, ConfigError
 from alframe.index import Device
 from alframe.index.self_knn import SelfKnnMethod
 from alframe.scoring.greedy import (
@@ -59,8 +59,12 @@ from alframe.types import QueryContext, Selection
 DEFAULT_CALIBRATION_SUBSAMPLE = 100_000
 
 
-class MissingSourceWarning(UserWarning):
-    """XSSR ran without source embeddings: novelty is 0 and alpha is forced to 0."""
+class MissingSourceWarning(AlframeNote):
+    """XSSR ran without source embeddings: novelty is 0 and alpha is forced to 0.
+
+    The normal case of a single-site pool (no ``data.source``), so the command line prints it as
+    one ``note:`` line.
+    """
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -193,8 +197,9 @@ class XSSRStrategy(Strategy):
             info["novelty_k"] = min(self.novelty_k, source.shape[0])
         else:
             warnings.warn(
-                "xssr got no source embeddings: novelty is set to 0 and alpha is forced to 0 "
-                "(density × diversity); pass source_embeddings for the full method",
+                "xssr got no source embeddings (a single-site pool): it runs without its novelty "
+                "term, i.e. alpha is forced to 0 (density × diversity); give a source site "
+                "(data.source) for the cross-domain mode",
                 MissingSourceWarning,
                 stacklevel=3,
             )

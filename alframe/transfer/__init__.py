@@ -1,6 +1,6 @@
 """Source-model selection: which pretrained encoder to fine-tune, without fine-tuning.
 
-LP·FU (Juodelyte et al., arXiv 2412.20172; methods/gradnca.md) and the classic
+LP·FU (Juodelyte et al., arXiv 2412.20172; docs/methods/lpfu.md) and the classic
 transferability scores LogME, LEEP, N-LEEP, SFDA, PARC and NCTI, as registered plugins
 (:data:`TRANSFER_SCORES`). The scores are NumPy / scikit-learn functions of target features
 (:mod:`alframe.transfer.scores`); torch is used only to extract features and FU's gradients.

@@ -26,6 +26,9 @@ class SelectionResult:
         embedding_hash: hash of the encoder weights the embeddings came from (None if unused).
         contrast: the pool embedding's neighbour contrast
             (:func:`alframe.scoring.structure.neighbour_contrast`; None if unused).
+        embeddings: (N, D) pool embeddings the strategy read (None if it read none); for the
+            pool picture (:mod:`alframe.workflows.pictures`).
+        labelled: (N,) bool, the items labelled (or selected) before this selection.
     """
 
     ids: list[str]
@@ -33,6 +36,8 @@ class SelectionResult:
     strategy: str
     embedding_hash: str | None
     contrast: Any = None
+    embeddings: np.ndarray | None = None
+    labelled: np.ndarray | None = None
 
 
 def read_id_list(path: str | os.PathLike[str], pool_ids: list[str]) -> np.ndarray:
@@ -180,27 +185,139 @@ def select_from_recipe(
         strategy=name,
         embedding_hash=embedding_hash,
         contrast=contrast,
+        embeddings=context["embeddings"] if embedding_hash is not None else None,
+        labelled=mask,
     )
 
 
+SCORE_AT_PICK = "score_at_pick"
+"""Column / term name of the strategy's own score of a picked item, when it was picked."""
+
+
+@dataclass(frozen=True)
+class PickedRow:
+    """One picked item as selection files list it.
+
+    Attributes:
+        index: the item's position in the pool.
+        rank: pick order, 1 = picked first = annotate first.
+        score: annotation priority, ``(n − rank + 1) / n`` for n picks: 1 for the first pick down
+            to 1/n for the last, so it always follows the rank.
+        terms: ``score_at_pick`` (the strategy's own score when the item was picked), then the
+            strategy's per-term values (e.g. XSSR's ``density`` … ``diversity_raw``); NaN or
+            infinite where not defined.
+    """
+
+    index: int
+    rank: int
+    score: float
+    terms: dict[str, float]
+
+
+def picked_rows(selection: Any) -> list[PickedRow]:
+    """The picked items of a :class:`~alframe.types.Selection` in pick order, with their scores.
+
+    Why ``score`` is derived from the rank: a greedy strategy (XSSR, CoreSet, uncertain-coreset)
+    scores every candidate *given the items picked before it*, and XSSR rescales its diversity
+    term after every pick, so the score an item had when it was picked can be higher than the
+    score of an item picked earlier. That value is kept, unchanged, as ``score_at_pick``; the
+    pick order itself is the strategy's ranking, and ``score`` expresses it as a priority that
+    annotation tools can sort by (Label Studio's ``alframe_score``).
+    """
+    indices = [int(i) for i in selection.indices]
+    terms: dict[str, np.ndarray] = dict(getattr(selection, "terms", {}) or {})
+    n = len(indices)
+    return [
+        PickedRow(
+            index=index,
+            rank=rank,
+            score=(n - rank + 1) / n,
+            terms={
+                SCORE_AT_PICK: float(selection.scores[index]),
+                **{name: float(values[index]) for name, values in terms.items()},
+            },
+        )
+        for rank, index in enumerate(indices, start=1)
+    ]
+
+
 def write_selection_csv(result: SelectionResult, path: str | os.PathLike[str]) -> Path:
-    """Write ``id, rank, score`` and one column per term (atomic: temp file + rename)."""
+    """Write ``id, rank, score, score_at_pick`` and one column per term (atomic: temp + rename).
+
+    ``score`` follows the rank and ``score_at_pick`` is the strategy's own score
+    (:func:`picked_rows` says why they differ). A value that is not defined is an empty cell:
+    NaN, and the ``+inf`` ``diversity_raw`` of a cold-start first pick, which had no labelled or
+    picked item to measure a distance to.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    selection = result.selection
-    terms: dict[str, np.ndarray] = dict(getattr(selection, "terms", {}) or {})
+    rows = picked_rows(result.selection)
+    term_names = [SCORE_AT_PICK, *(getattr(result.selection, "terms", {}) or {})]
     tmp = target.with_name(target.name + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "rank", "score", *terms])
-        for rank, index in enumerate(selection.indices, start=1):
-            row = [result.ids[index], rank, _fmt(selection.scores[index])]
-            row += [_fmt(values[index]) for values in terms.values()]
-            writer.writerow(row)
+        writer.writerow(["id", "rank", "score", *term_names])
+        for row in rows:
+            cells = [result.ids[row.index], row.rank, _fmt(row.score)]
+            writer.writerow(cells + [_fmt(row.terms[name]) for name in term_names])
     os.replace(tmp, target)
     return target
 
 
+def explain_selection(selection: Any) -> list[str]:
+    """Plain-language lines for ``alframe select``: what XSSR's alpha means, why a cell is empty.
+
+    Args:
+        selection: the strategy's :class:`~alframe.types.Selection`.
+
+    Returns:
+        Lines to print (none for a strategy that reports neither).
+    """
+    info = getattr(selection, "info", None) or {}
+    lines: list[str] = []
+    if "alpha" in info:
+        alpha = float(info["alpha"])
+        mode = str(info.get("alpha_mode", ""))
+        if alpha == 0.0:
+            meaning = "0 = novelty unused: the picks balance density and diversity only"
+        elif alpha == 1.0:
+            meaning = "1 = diversity unused: the picks balance density and novelty only"
+        else:
+            meaning = f"the mix is {alpha:g} novelty, {1.0 - alpha:g} diversity"
+        if mode == "auto":
+            grid = info.get("alpha_grid") or []
+            span = f" from {min(grid):g}–{max(grid):g}" if grid else ""
+            how = (
+                f"chosen automatically{span} as the value whose picks leave the pool best "
+                "covered (smallest mean distance to the nearest labelled or picked image)"
+            )
+        elif mode == "fixed":
+            how = "set by the recipe"
+        elif mode.startswith("forced"):
+            how = "forced to 0 because no source images were given, so novelty is undefined"
+        else:
+            how = mode or "fixed"
+        lines.append(
+            f"alpha = {alpha:g}: the weight of novelty (distance to the source images) against "
+            f"diversity (distance to the nearest labelled or already picked image); {meaning}; "
+            f"{how}"
+        )
+    terms = getattr(selection, "terms", None) or {}
+    raw = terms.get("diversity_raw")
+    if raw is not None and np.isinf(np.asarray(raw)[np.asarray(selection.indices)]).any():
+        lines.append(
+            "diversity_raw is empty for the first pick: nothing was labelled or picked before "
+            "it, so it had no distance to measure (its normalised diversity counts as 1)"
+        )
+    if len(selection.indices):
+        lines.append(
+            "score = priority from the pick order (1 = annotate first); score_at_pick = the "
+            "strategy's own score when the item was picked (greedy strategies score each pick "
+            "given the earlier ones, so it need not fall with the rank)"
+        )
+    return lines
+
+
 def _fmt(value: Any) -> str:
     number = float(value)
-    return "" if np.isnan(number) else f"{number:.6g}"
+    return f"{number:.6g}" if np.isfinite(number) else ""
