@@ -227,6 +227,19 @@ def summary_table(results: pd.DataFrame, set_order: Sequence[str] | None = None)
     return table.drop(columns=["_set", "_ref"]).reset_index(drop=True)
 
 
+def band_legend(axis: Any, handles: Sequence[Any], labels: Sequence[str]) -> None:
+    """A legend whose entries may be ``(line, band)`` tuples, drawn as the line over its band."""
+    from matplotlib.legend_handler import HandlerTuple
+
+    axis.legend(
+        list(handles),
+        list(labels),
+        handler_map={tuple: HandlerTuple(ndivide=1)},
+        loc="best",
+        fontsize="small",
+    )
+
+
 def reference_below_subsets(table: pd.DataFrame) -> list[str]:
     """Evaluation sets whose full-data reference is below a subset model (no % of full data).
 
@@ -275,7 +288,6 @@ def learning_curves_figure(table: pd.DataFrame, title: str = "", metric: str = "
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.legend_handler import HandlerTuple
 
     sets = list(dict.fromkeys(table["eval_set"].tolist())) or ["(no results)"]
     figure = Figure(figsize=(5.5 * len(sets), 4.2), dpi=110)
@@ -326,13 +338,7 @@ def learning_curves_figure(table: pd.DataFrame, title: str = "", metric: str = "
         axis.set_ylabel(metric.capitalize())
         axis.grid(alpha=0.3)
         if handles:
-            axis.legend(
-                handles,
-                labels,
-                handler_map={tuple: HandlerTuple(ndivide=1)},
-                loc="best",
-                fontsize="small",
-            )
+            band_legend(axis, handles, labels)
     if title:
         figure.suptitle(title)
     figure.tight_layout()

@@ -379,7 +379,6 @@ def learning_curve_figure(
     Returns:
         The figure.
     """
-    from matplotlib.legend_handler import HandlerTuple
 
     figure = _new_figure(6.4, 4.4)
     axis = figure.add_subplot()
@@ -421,13 +420,9 @@ def learning_curve_figure(
             0.5, 0.5, "no trained rounds yet", ha="center", va="center", transform=axis.transAxes
         )
     else:
-        axis.legend(
-            handles,
-            labels,
-            handler_map={tuple: HandlerTuple(ndivide=1)},
-            loc="best",
-            fontsize="small",
-        )
+        from alframe.loop.summary import band_legend
+
+        band_legend(axis, handles, labels)
     if 0 < len(sizes) <= 12:
         axis.set_xticks(sorted(sizes))
     axis.set_xlabel("labelled images")

@@ -30,14 +30,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise SystemExit("headless Chromium is needed: apt-get install chromium")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _browser as browser  # noqa: E402  (beside this script)
 
 
 def _label_round(project: Path, work: Path, round_index: int) -> Path:
@@ -87,7 +81,7 @@ def main() -> int:
     from alframe.config import recipe_from_dict
     from alframe.data.synthetic import synthetic_recipe_dict, write_synthetic_dataset
 
-    chromium = _chromium()
+    chromium = browser.chromium()
     quiet_lightning()
     work = Path(tempfile.mkdtemp(prefix="alframe-pictures-"))
     try:

@@ -36,6 +36,8 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _browser as browser  # noqa: E402  (beside this script)
 
 
 def _proxy(target: str, cookie: str) -> http.server.ThreadingHTTPServer:
@@ -73,14 +75,6 @@ def _proxy(target: str, cookie: str) -> http.server.ThreadingHTTPServer:
     return server
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise SystemExit("headless Chromium is needed: apt-get install chromium")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "docs/images/labelstudio_pre_annotation.png"))
@@ -97,7 +91,7 @@ def main() -> int:
     from alframe.config import recipe_from_dict
     from alframe.data.synthetic import synthetic_recipe_dict, write_synthetic_dataset
 
-    chromium = _chromium()
+    chromium = browser.chromium()
     work = Path(tempfile.mkdtemp(prefix="alframe-ls-shot-"))
     server = LocalLabelStudio.start(work / "label-studio")
     try:
