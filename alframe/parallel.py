@@ -1,38 +1,24 @@
-"""Inference over several devices: resolve device requests, and split batches across replicas.
+"""Device requests: ``embed.devices`` / ``alframe rank --devices`` spellings → torch devices.
 
-Training scales through Lightning strategies (``train.devices`` / ``strategy`` / ``num_nodes``);
-the inference passes outside a Trainer — embedding extraction and checkpoint ranking — scale
-here, in one process: the model is copied once onto each device, every batch is cut into
-contiguous chunks (one per device), the chunks run concurrently in threads (CUDA kernels release
-the GIL, as in ``torch.nn.DataParallel``) and the results are gathered in input order. Row ``i``
-of a gathered output is therefore the model's output for input row ``i`` whatever the number of
-devices, which the tests check on the CPU with repeated CPU "devices".
-
-Unlike ``DataParallel`` the replicas are made once, not per batch, and hooks can be put on every
-replica (channel-dropout perturbations, decoder-feature capture).
+Inference itself runs in Lightning's predict loop (:mod:`alframe.inference`), which
+:func:`alframe.inference.hardware_for_devices` sets up from the devices resolved here: one
+process per device. (The thread replicas that used to split batches here, in the manner of
+``nn.DataParallel``, are retired.)
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
-from typing import Generic, TypeVar
+from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from alframe._dist import local_rank, world_size
 from alframe.errors import ModelError
 
-__all__ = ["DeviceSpec", "Replicas", "resolve_device", "resolve_devices"]
+__all__ = ["DeviceSpec", "resolve_device", "resolve_devices"]
 
 DeviceSpec = str | int | torch.device | Sequence[str | torch.device] | None
 """A device request: see :func:`resolve_devices`."""
-
-ModuleT = TypeVar("ModuleT", bound=nn.Module)
-ResultT = TypeVar("ResultT")
 
 
 def _cuda_count() -> int:
@@ -80,7 +66,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_devices(spec: DeviceSpec = "auto") -> list[torch.device]:
-    """The devices an inference pass is spread over.
+    """The devices an inference pass is spread over (one process each).
 
     Args:
         spec:
@@ -92,7 +78,8 @@ def resolve_devices(spec: DeviceSpec = "auto") -> list[torch.device]:
             - an int ``N`` ≥ 1: the first ``N`` CUDA devices.
             - one device (``"cpu"``, ``"cuda"``, ``"gpu"``, ``"cuda:1"``, a ``torch.device``).
             - several: a comma-separated string (``"cuda:0,cuda:1"``) or a list. A device may be
-              repeated (two replicas on one GPU can overlap transfers and compute).
+              repeated here; :func:`alframe.inference.hardware_for_devices` accepts repeats
+              of the CPU only (several CPU processes), as a GPU takes one process.
 
     Returns:
         At least one device, in the order batches are split over them.
@@ -136,94 +123,10 @@ def resolve_devices(spec: DeviceSpec = "auto") -> list[torch.device]:
     if not parts:
         raise ModelError("an empty device list; name at least one device or use 'auto'")
     devices = [resolve_device(part) for part in parts]
-    # A bare "cuda" means the current device; pin it so replicas and chunks agree.
+    # A bare "cuda" means the current device; pin it so that every process names the same one.
     return [
         torch.device("cuda", torch.cuda.current_device())
         if d.type == "cuda" and d.index is None
         else d
         for d in devices
     ]
-
-
-class Replicas(Generic[ModuleT]):
-    """A module placed on one or several devices, with batches split across the copies.
-
-    The first replica *is* the given module (moved to the first device); the others are deep
-    copies made before that move, so they hold the same weights and buffers and the same mode
-    (train / eval). Modifying the original's weights afterwards does not reach the copies: build
-    new replicas instead.
-
-    Args:
-        module: the model.
-        devices: where to place it (see :func:`resolve_devices`); one device means no copies and
-            no threads.
-
-    Attributes:
-        modules: one module per device, in device order.
-        devices: the devices.
-    """
-
-    def __init__(self, module: ModuleT, devices: Sequence[torch.device]) -> None:
-        if not devices:
-            raise ModelError("Replicas needs at least one device")
-        self.devices = list(devices)
-        copies = [copy.deepcopy(module) for _ in self.devices[1:]]
-        self.modules: list[ModuleT] = [module.to(self.devices[0])]
-        self.modules.extend(replica.to(d) for replica, d in zip(copies, self.devices[1:]))
-
-    def map(
-        self,
-        function: Callable[[ModuleT, torch.Tensor, int], ResultT],
-        batch: torch.Tensor,
-    ) -> list[ResultT]:
-        """Run ``function(replica, chunk, replica_index)`` on contiguous chunks of a batch.
-
-        The batch (B, ...) is cut along its first dimension into at most ``len(devices)`` chunks
-        of near-equal size (``torch.tensor_split``; a batch smaller than the number of devices
-        leaves the last devices idle). Each chunk is moved to its replica's device. The caller's
-        grad / inference mode holds in the worker threads too.
-
-        Args:
-            function: what to run per chunk; it gets the replica, the chunk on its device and
-                the replica's index.
-            batch: (B, ...) tensor on any device.
-
-        Returns:
-            One result per non-empty chunk, in batch order (concatenating them along dim 0
-            gives the output for the whole batch).
-
-        Raises:
-            Whatever ``function`` raises (the first failing chunk's exception, after every chunk
-            has finished).
-        """
-        if batch.ndim == 0 or batch.shape[0] == 0:
-            raise ValueError("cannot split an empty batch over devices")
-        chunks = [c for c in torch.tensor_split(batch, len(self.devices)) if c.shape[0] > 0]
-        if len(chunks) == 1:
-            return [function(self.modules[0], chunks[0].to(self.devices[0]), 0)]
-        grad_enabled = torch.is_grad_enabled()
-        inference = torch.is_inference_mode_enabled()
-
-        def run(index: int) -> ResultT:
-            device = self.devices[index]
-            on_device = torch.cuda.device(device) if device.type == "cuda" else nullcontext()
-            # Grad and inference mode are thread-local: carry the caller's into the worker.
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad_enabled), on_device:
-                return function(self.modules[index], chunks[index].to(device), index)
-
-        with ThreadPoolExecutor(max_workers=len(chunks), thread_name_prefix="alframe-dev") as pool:
-            futures = [pool.submit(run, i) for i in range(len(chunks))]
-        return [future.result() for future in futures]
-
-    def gather(
-        self,
-        function: Callable[[ModuleT, torch.Tensor, int], torch.Tensor],
-        batch: torch.Tensor,
-    ) -> torch.Tensor:
-        """:meth:`map` a tensor-valued function and concatenate the results on the CPU.
-
-        Returns:
-            The (B, ...) output for the whole batch, on the CPU.
-        """
-        parts = self.map(function, batch)
-        return torch.cat([part.detach().cpu() for part in parts], dim=0)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from alframe._rows import is_on_disk
 from alframe.errors import DataError
 
 _MAX_ROWS_LISTED = 10
@@ -90,7 +91,9 @@ class QueryContext:
     """Everything a query strategy may look at for one selection round.
 
     Attributes:
-        embeddings: (N, D) float32 target-pool embeddings (coerced; L2-normalised upstream).
+        embeddings: (N, D) float32 target-pool embeddings (coerced; L2-normalised upstream), or
+            an :class:`alframe._rows.OnDiskRows` memory-mapped store (pools larger than RAM;
+            only strategies with ``supports_on_disk`` accept it).
         labelled: (N,) bool mask, True for items already labelled (L); the candidates are ~L.
         source_embeddings: optional (S, D) float32 embeddings of the unlabelled source set.
         seed: seed of every random choice a strategy makes.
@@ -105,6 +108,7 @@ class QueryContext:
             (the message names the rows), probabilities outside [0, 1].
     """
 
+    # Typed as an array: an OnDiskRows reads like a float32 one (slices, row gathers, ``@``).
     embeddings: np.ndarray
     labelled: np.ndarray
     source_embeddings: np.ndarray | None = None
@@ -120,7 +124,19 @@ class QueryContext:
             if len(set(ids)) != len(ids):
                 duplicates = sorted(i for i, count in Counter(ids).items() if count > 1)
                 raise DataError(f"ids must be unique; duplicated: {duplicates[:10]}")
-        embeddings = as_embedding_matrix(self.embeddings, "embeddings", ids)
+        embeddings: Any
+        if is_on_disk(self.embeddings):
+            # Larger than RAM: kept on disk, checked in one streaming pass, read in chunks by
+            # the strategies that support it (coreset, xssr).
+            embeddings = self.embeddings
+            bad_rows = embeddings.non_finite_rows()
+            if bad_rows.size:
+                raise DataError(
+                    f"embeddings in {embeddings.path} contain NaN or infinite values in "
+                    f"{bad_rows.size} row(s) {_listed(bad_rows, ids)}; recompute these embeddings"
+                )
+        else:
+            embeddings = as_embedding_matrix(self.embeddings, "embeddings", ids)
         n_items = embeddings.shape[0]
         if ids is not None and len(ids) != n_items:
             raise DataError(f"got {len(ids)} ids for {n_items} embeddings; give one id per item")

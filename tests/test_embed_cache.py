@@ -301,34 +301,37 @@ def test_end_to_end_with_the_data_package(tmp_path: Path) -> None:
     assert pipeline.embed_pool(recipe, "pool", progress=False).from_cache
 
 
-def test_embed_devices_from_the_recipe_split_batches_and_share_the_cache(
+def test_embed_devices_from_the_recipe_reach_the_predict_loop_and_share_the_cache(
     tmp_path: Path, fake_data: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from alframe.embed import extract
+    from alframe.inference import Hardware
 
-    used: list[list[str]] = []
+    used: list[Hardware] = []
+    real = extract.predict_rows
 
-    class RecordingReplicas(extract.Replicas):  # type: ignore[type-arg]
-        def __init__(self, module: Any, devices: Any) -> None:
-            used.append([str(d) for d in devices])
-            super().__init__(module, devices)
+    def recording(net: Any, step: Any, data: Any, hardware: Hardware, **kw: Any) -> Any:
+        used.append(hardware)
+        # One process stands in for the two asked for: tests/test_inference.py runs real DDP.
+        return real(net, step, data, Hardware(), **kw)
 
-    monkeypatch.setattr(extract, "Replicas", RecordingReplicas)
+    monkeypatch.setattr(extract, "predict_rows", recording)
     one = pipeline.embed_pool(make_recipe(tmp_path / "one"), "pool", progress=False)
     split = make_recipe(tmp_path / "split")
     split = split.model_copy(
         update={"embed": split.embed.model_copy(update={"devices": "cpu,cpu"})}
     )
     two = pipeline.embed_pool(split, "pool", progress=False)
-    assert used == [["cpu"], ["cpu", "cpu"]]  # no GPU here: "auto" is the CPU
-    np.testing.assert_allclose(two.embeddings, one.embeddings, atol=1e-5)
+    # No GPU here: "auto" is one CPU process; "cpu,cpu" two DDP processes.
+    assert used == [Hardware("cpu", 1, "auto"), Hardware("cpu", 2, "ddp_spawn")]
+    np.testing.assert_array_equal(two.embeddings, one.embeddings)
     # Where rows were computed is not part of the cache key: the split run's entry serves a
     # one-device recipe with the same output folder.
     same_folder = make_recipe(tmp_path / "split")
     assert pipeline.embed_pool(same_folder, "pool", progress=False).from_cache
     # An explicit argument overrides the recipe.
     pipeline.embed_pool(split, "pool", progress=False, recompute=True, device="cpu")
-    assert used[-1] == ["cpu"]
+    assert used[-1] == Hardware("cpu", 1, "auto")
 
 
 def test_embed_ensemble_from_the_recipe(tmp_path: Path, fake_data: list[Any]) -> None:
@@ -357,7 +360,25 @@ def test_embed_ensemble_from_the_recipe(tmp_path: Path, fake_data: list[Any]) ->
         pair.embeddings[:, : single.embeddings.shape[1]] * np.sqrt(2), single.embeddings, atol=2e-6
     )
     assert pipeline.embed_pool(recipe([paths[1]]), progress=False).from_cache
-    with pytest.raises(ModelError, match="embed.ensemble: no MAE checkpoint"):
+    with pytest.raises(ModelError, match=r"embed\.ensemble: no MAE checkpoint"):
         pipeline.embed_pool(recipe([str(tmp_path / "missing.ckpt")]), progress=False)
     with pytest.raises(ConfigError, match="backbone is 'timm'"):
         pipeline.embed_pool(recipe([paths[1]], backbone="timm"), progress=False)
+
+
+def test_float16_storage_gives_the_same_rows_fresh_and_from_the_cache(
+    tmp_path: Path, fake_data: list[Any]
+) -> None:
+    """``embed.storage_dtype: float16``: half the disk, its own cache key, identical rows on reuse."""
+    recipe = make_recipe(tmp_path)
+    half = recipe.model_copy(
+        update={"embed": recipe.embed.model_copy(update={"storage_dtype": "float16"})}
+    )
+    full = pipeline.embed_pool(recipe, progress=False)
+    fresh = pipeline.embed_pool(half, progress=False)
+    assert not fresh.from_cache and fresh.cache_path != full.cache_path
+    assert np.load(fresh.cache_path, mmap_mode="r").dtype == np.float16
+    np.testing.assert_array_equal(fresh.embeddings, full.embeddings.astype(np.float16))
+    again = pipeline.embed_pool(half, progress=False)
+    assert again.from_cache and again.embeddings.dtype == np.float32
+    np.testing.assert_array_equal(again.embeddings, fresh.embeddings)

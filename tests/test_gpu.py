@@ -185,32 +185,28 @@ def test_cuda_training_step_of_a_tiny_unet(tmp_path: Path) -> None:
     assert math.isfinite(result.best_val_dice)
 
 
-def _split_targets() -> list[str]:
-    # Every GPU when there are several; otherwise two replicas on the one GPU, which runs the
-    # same copy / split / gather code.
-    count = torch.cuda.device_count()
-    return [f"cuda:{i}" for i in range(count)] if count > 1 else ["cuda:0", "cuda:0"]
+needs_two_gpus = pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs two CUDA devices (one process per GPU)"
+)
 
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("where", ["one GPU", "split"])
-def test_cuda_embeddings_match_cpu(where: str) -> None:
+def test_cuda_embeddings_match_cpu() -> None:
     torch.manual_seed(0)
     encoder = torch.nn.Sequential(
         torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, stride=2)
     )
     images = Squares(7).images
-    devices = ["cuda"] if where == "one GPU" else _split_targets()
     on_cpu = extract_embeddings(encoder, images, batch_size=4, progress=False, device="cpu")
-    on_gpu = extract_embeddings(encoder, images, batch_size=4, progress=False, device=devices)
+    on_gpu = extract_embeddings(encoder, images, batch_size=4, progress=False, device="cuda")
     np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
     assert next(encoder.parameters()).device.type == "cpu"  # the module goes back home
 
 
 @pytest.mark.gpu
 @needs_cuda
-def test_ranking_split_over_gpus_matches_cpu() -> None:
+def test_ranking_on_a_gpu_matches_cpu() -> None:
     import copy
 
     from alframe.ranking import Predictor, TargetImages, create_ranker, rank_models
@@ -221,12 +217,13 @@ def test_ranking_split_over_gpus_matches_cpu() -> None:
     array = Squares(7).images.numpy().astype(np.float32)
     images = TargetImages.from_array(array)
     results = {}
-    for devices in ("cpu", ",".join(_split_targets())):
+    for devices in ("cpu", "cuda:0"):
         predictor = Predictor.from_module(copy.deepcopy(net), name="unet", num_classes=2)
         ranker = create_ranker("cte-ei", perturbation="dropout", seed=3)
         report = rank_models(
             [predictor], images, [ranker], batch_size=4, progress=False, devices=devices
         )
+        assert predictor.devices == ["cpu"]  # back home after scoring
         predictor.place(devices)
         results[devices] = (
             predictor.predict_proba(array[:5]),
@@ -237,6 +234,22 @@ def test_ranking_split_over_gpus_matches_cpu() -> None:
     np.testing.assert_allclose(gpu_proba, cpu_proba, atol=1e-4)
     # EI thresholds probabilities at 0.5: a pixel within float error of it may flip.
     np.testing.assert_allclose(gpu_scores, cpu_scores, atol=1e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@needs_two_gpus
+def test_two_gpu_processes_give_the_one_gpu_results() -> None:
+    """DDP over two GPUs (ddp_spawn) against one GPU: the same batches on the same kind of
+    device, so embeddings and CTE scores must be equal, not merely close."""
+    from alframe.inference import Hardware
+    from tests.ddp_check import workload
+
+    one = workload(hardware=Hardware("gpu", (0,)))
+    two = workload(hardware=Hardware("gpu", (0, 1), "ddp_spawn"))
+    assert sorted(one) == sorted(two)
+    for key, value in one.items():
+        np.testing.assert_array_equal(two[key], value, err_msg=key)
 
 
 @pytest.mark.gpu

@@ -92,12 +92,13 @@ def add_commands(sub: Any) -> None:
     rank.add_argument("--seed", type=int, default=42, help="perturbation seed (default 42)")
     rank.add_argument("--source", help="labelled source folder (images/ + masks/) for source-dice")
     rank.add_argument("--image-size", type=int, default=None, help="override the input size")
-    rank.add_argument("--batch-size", type=int, default=16, help="images per pass, all devices")
+    rank.add_argument("--batch-size", type=int, default=16, help="images per pass and device")
     rank.add_argument(
         "--devices",
         default="auto",
-        help="auto (every GPU, else CPU), cpu, cuda:1, or several: cuda:0,cuda:1 (each batch is "
-        "split across them; one model on the devices at a time)",
+        help="auto (every GPU, else CPU; under torchrun / SLURM every process takes its share), "
+        "cpu, cuda:1, or several: cuda:0,cuda:1 (one process per device, each scoring whole "
+        "models one at a time; scores do not depend on the device count)",
     )
     rank.add_argument("--out", "-o", default="alframe_rank", help="folder for CSV / JSON / plot")
     rank.add_argument("--no-track", action="store_true", help="do not log to MLflow")
@@ -208,7 +209,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
     )
 
     quiet_lightning()
-    devices = resolve_devices(args.devices)  # a bad request fails before any model is read
+    resolve_devices(args.devices)  # a bad request fails before any model is read
+    devices = args.devices
     predictors = [load_predictor(path) for path in args.checkpoints]
     for predictor, name in zip(predictors, display_names(args.checkpoints), strict=True):
         predictor.name = name
@@ -240,6 +242,10 @@ def cmd_rank(args: argparse.Namespace) -> int:
         validate(
             report, predictors, images, batch_size=args.batch_size, truth=truth, devices=devices
         )
+    from alframe._dist import is_global_zero
+
+    if not is_global_zero():
+        return 0  # under torchrun / SLURM every process has the report; one writes it
     print(report.format())
     if report.correlations:
         measure = "mAP@0.5:0.95" if args.instances else "true Dice"

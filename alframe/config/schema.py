@@ -284,13 +284,19 @@ class EmbedConfig(_Strict):
         "distances average over the members instead of hanging on one MAE's training seed",
     )
     concat_penultimate: bool = Field(False, description="also pool the penultimate stage")
-    batch_size: int = Field(32, ge=1, description="images per forward pass, over all devices")
+    batch_size: int = Field(32, ge=1, description="images per forward pass and device")
     devices: int | str | list[str] = Field(
         "auto",
-        description="auto (every GPU, else CPU; one GPU per process under torchrun / SLURM), "
-        "all, a count, a device (cpu, cuda:1) or a list; each batch is split across them",
+        description="auto (every GPU, else CPU; under torchrun / SLURM every process takes its "
+        "share), all, a count, a device (cpu, cuda:1) or a list: one process per device in "
+        "Lightning's predict loop, rows put back in pool order (docs/scaling.md)",
     )
     cache_dir: str | None = Field(None, description="default: <output_dir>/embeddings")
+    storage_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description="dtype of the embedding cache on disk; float16 halves disk and page cache "
+        "(selection then runs on the rounded values)",
+    )
     mae: MAEConfig = MAEConfig()
 
     @field_validator("devices")

@@ -1,11 +1,16 @@
 """On-disk embedding cache keyed by (weights hash, ordered data ids, preprocessing signature).
 
-One entry is two files named by the key's digest: ``<digest>.npy`` (the (N, D) float32 array)
-and ``<digest>.json`` (the key, the ids, the shape and a sha256 of the array bytes). The array is
+One entry is two files named by the key's digest: ``<digest>.npy`` (the (N, D) array, float32
+or, to halve the disk and page-cache footprint, float16) and ``<digest>.json`` (the key, the ids,
+the shape, the storage dtype and a sha256 of the array bytes). The array is
 written first and the sidecar last, each atomically (temp file + ``os.replace``), so the sidecar
 is the commit marker: no sidecar = no entry (a crash between the two writes leaves a harmless
 orphan array that the next ``put`` overwrites). An entry whose sidecar disagrees with the
 requested key or with its array is *refused* with :class:`StateError` — never silently used.
+
+Pools larger than RAM: :meth:`EmbeddingCache.writer` stores an entry batch by batch (the matrix
+is never whole in memory) and ``get_entry(key, mmap=True)`` opens it as an
+:class:`alframe._rows.OnDiskRows` memory-mapped store that CoreSet and XSSR read in chunks.
 
 Only NumPy and the standard library are imported, so strategies can read caches cheaply.
 """
@@ -22,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from alframe.errors import StateError
+from alframe._rows import NpyRowWriter, OnDiskRows, storage_dtype
+from alframe.errors import DataError, StateError
 
 CACHE_FORMAT = "alframe.embeddings/1"
 
@@ -145,8 +151,18 @@ class EmbeddingCache:
             "(embed_pool(..., recompute=True) / `alframe embed --recompute`)"
         )
 
-    def get_entry(self, key: EmbeddingKey) -> tuple[np.ndarray, list[str]] | None:
-        """The stored ``(array (N, D) float32, ids)`` for ``key``, or None when absent.
+    def get_entry(
+        self, key: EmbeddingKey, *, mmap: bool = False, verify: bool = True
+    ) -> tuple[np.ndarray, list[str]] | None:
+        """The stored ``(array (N, D), ids)`` for ``key``, or None when absent.
+
+        Args:
+            key: the entry's key.
+            mmap: False: the array in RAM as float32 (a float16 entry is converted). True: an
+                :class:`alframe._rows.OnDiskRows` memory-mapped store (float32 or float16 on
+                disk, read as float32 chunk by chunk) for pools larger than RAM.
+            verify: check the sha256 of the array bytes (one streaming pass); the sidecar, the
+                ids, the shape and the dtype are always checked.
 
         Raises:
             StateError: the entry exists but its sidecar is unreadable, records another key,
@@ -170,31 +186,46 @@ class EmbeddingCache:
         path = self.array_path(key)
         if not path.is_file():
             raise self._stale(key, "the array file is missing")
+        stored_dtype = meta.get("dtype", "float32")  # entries before float16 have no choice
         try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
+            array: Any = OnDiskRows(path) if mmap else np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, DataError) as err:
             raise self._stale(key, f"unreadable array: {err}") from None
+        on_disk_dtype = array.storage_dtype if mmap else getattr(array, "dtype", None)
         expected_shape = meta.get("shape")
-        if not isinstance(array, np.ndarray) or list(array.shape) != expected_shape:
+        if list(getattr(array, "shape", ())) != expected_shape:
             raise self._stale(
                 key,
                 f"array shape {getattr(array, 'shape', None)} but sidecar says {expected_shape}",
             )
-        if array.ndim != 2 or array.shape[0] != len(ids) or array.dtype != np.float32:
+        if (
+            array.ndim != 2
+            or array.shape[0] != len(ids)
+            or on_disk_dtype not in (np.float32, np.float16)
+            or np.dtype(on_disk_dtype).name != stored_dtype
+        ):
             raise self._stale(
-                key, f"array {array.shape} {array.dtype} does not hold {len(ids)} float32 rows"
+                key,
+                f"array {array.shape} {on_disk_dtype} does not hold {len(ids)} {stored_dtype} rows",
             )
-        if _array_sha256(array) != meta.get("sha256"):
-            raise self._stale(key, "the array's checksum does not match its sidecar")
+        if verify:
+            checksum = array.sha256() if mmap else _array_sha256(array)
+            if checksum != meta.get("sha256"):
+                if mmap:
+                    array.close()
+                raise self._stale(key, "the array's checksum does not match its sidecar")
+        if not mmap and array.dtype != np.float32:
+            array = array.astype(np.float32)
         return array, [str(i) for i in ids]
 
-    def get(self, key: EmbeddingKey) -> np.ndarray | None:
-        """The stored (N, D) float32 array for ``key``, or None on a miss.
+    def get(self, key: EmbeddingKey, *, mmap: bool = False) -> np.ndarray | None:
+        """The stored (N, D) float32 array for ``key`` (an :class:`~alframe._rows.OnDiskRows`
+        store with ``mmap=True``), or None on a miss.
 
         Raises:
             StateError: see :meth:`get_entry`.
         """
-        entry = self.get_entry(key)
+        entry = self.get_entry(key, mmap=mmap)
         return None if entry is None else entry[0]
 
     def put(
@@ -203,45 +234,70 @@ class EmbeddingCache:
         ids: Sequence[str],
         array: np.ndarray,
         info: Mapping[str, Any] | None = None,
+        dtype: str = "float32",
     ) -> Path:
         """Store ``array`` (row i = ``ids[i]``) under ``key``, replacing any previous entry.
 
         Args:
             key: the entry's key; ``key.ids_hash`` must be the hash of ``ids``.
             ids: item ids in row order, N.
-            array: (N, D) embeddings (stored as float32).
+            array: (N, D) embeddings.
             info: extra JSON-able facts for humans (encoder name, source file, ...).
+            dtype: storage dtype, ``"float32"`` (default) or ``"float16"`` (half the disk;
+                values are rounded to float16, selection then runs on the rounded values).
 
         Returns:
             The array file's path.
 
         Raises:
-            ValueError: ``ids`` do not match the key or the array.
+            ValueError: ``ids`` do not match the key or the array, or an unknown dtype.
+        """
+        ids = [str(i) for i in ids]
+        data = np.asarray(array)
+        if data.ndim != 2 or data.shape[0] != len(ids):
+            raise ValueError(f"array must be (N={len(ids)}, D), got {tuple(data.shape)}")
+        with self.writer(key, ids, data.shape[1], info=info, dtype=dtype) as writer:
+            writer.write(data)
+        return self.array_path(key)
+
+    def writer(
+        self,
+        key: EmbeddingKey,
+        ids: Sequence[str],
+        dim: int,
+        *,
+        info: Mapping[str, Any] | None = None,
+        dtype: str = "float32",
+    ) -> CacheWriter:
+        """A writer that stores the entry batch by batch (pools larger than RAM).
+
+        Use as a context manager: ``with cache.writer(key, ids, D) as w: w.write(batch)`` for
+        consecutive row batches; the entry exists once the block exits without an error and
+        every row was written (array renamed into place, then the sidecar), and not at all
+        otherwise. Any previous entry of ``key`` is invalidated when the writer is created.
+
+        Args:
+            key: the entry's key; ``key.ids_hash`` must be the hash of ``ids``.
+            ids: item ids in row order, N.
+            dim: D.
+            info: extra JSON-able facts for humans.
+            dtype: ``"float32"`` or ``"float16"``.
+
+        Raises:
+            ValueError: ``ids`` do not match the key, or an unknown dtype.
         """
         ids = [str(i) for i in ids]
         if ids_hash(ids) != key.ids_hash:
             raise ValueError("ids do not hash to key.ids_hash; build the key from these ids")
-        data = np.ascontiguousarray(array, dtype=np.float32)
-        if data.ndim != 2 or data.shape[0] != len(ids):
-            raise ValueError(f"array must be (N={len(ids)}, D), got {tuple(data.shape)}")
+        try:
+            stored = storage_dtype(dtype)
+        except (DataError, TypeError) as err:
+            raise ValueError(str(err)) from None
         self.folder.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": CACHE_FORMAT,
-            "key": key.as_dict(),
-            "shape": list(data.shape),
-            "dtype": "float32",
-            "sha256": _array_sha256(data),
-            "info": dict(info or {}),
-            "ids": ids,
-        }
-        path = self.array_path(key)
         # Invalidate first: if the array write fails after an old sidecar survived, the old
         # sidecar's checksum would refuse the new array anyway, but a missing sidecar is clearer.
         self.sidecar_path(key).unlink(missing_ok=True)
-        _replace_atomically(path, lambda handle: np.save(handle, data, allow_pickle=False))
-        text = (canonical_json(meta) + "\n").encode("utf-8")
-        _replace_atomically(self.sidecar_path(key), lambda handle: handle.write(text))
-        return path
+        return CacheWriter(self, key, ids, int(dim), stored.name, dict(info or {}))
 
     def delete(self, key: EmbeddingKey) -> bool:
         """Remove an entry's files; returns whether anything was removed."""
@@ -251,3 +307,67 @@ class EmbeddingCache:
                 path.unlink()
                 removed = True
         return removed
+
+
+class CacheWriter:
+    """Writes one cache entry batch by batch; see :meth:`EmbeddingCache.writer`."""
+
+    def __init__(
+        self,
+        cache: EmbeddingCache,
+        key: EmbeddingKey,
+        ids: list[str],
+        dim: int,
+        dtype: str,
+        info: dict[str, Any],
+    ) -> None:
+        self.cache, self.key, self.ids, self.info = cache, key, ids, info
+        self._rows = NpyRowWriter(cache.array_path(key), len(ids), dim, dtype)
+
+    @property
+    def rows_written(self) -> int:
+        """Rows written so far."""
+        return self._rows.rows_written
+
+    def write(self, batch: np.ndarray) -> None:
+        """Appends (k, D) rows (the next k ids)."""
+        try:
+            self._rows.write(batch)
+        except DataError as err:
+            self.abort()
+            raise ValueError(str(err)) from None
+
+    def commit(self) -> Path:
+        """Renames the array into place, then writes the sidecar (the commit marker)."""
+        if self._rows.rows_written != len(self.ids):
+            written = self._rows.rows_written
+            self.abort()
+            raise ValueError(
+                f"only {written} of {len(self.ids)} rows were written; the entry was not stored"
+            )
+        path = self._rows.commit()
+        meta = {
+            "format": CACHE_FORMAT,
+            "key": self.key.as_dict(),
+            "shape": [len(self.ids), self._rows.dim],
+            "dtype": self._rows.dtype.name,
+            "sha256": self._rows.sha256,
+            "info": self.info,
+            "ids": self.ids,
+        }
+        text = (canonical_json(meta) + "\n").encode("utf-8")
+        _replace_atomically(self.cache.sidecar_path(self.key), lambda handle: handle.write(text))
+        return path
+
+    def abort(self) -> None:
+        """Drops what was written; no entry is stored."""
+        self._rows.abort()
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.commit()

@@ -10,6 +10,7 @@ penultimate stage, L2-normalised (docs/methods/xssr.md). Extraction never masks 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -26,10 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from alframe.errors import ModelError
-from alframe.parallel import DeviceSpec, Replicas, resolve_devices
+from alframe.inference import Hardware, hardware_for_devices, predict_rows
+from alframe.parallel import DeviceSpec
 
 logger = logging.getLogger(__name__)
 
@@ -455,18 +457,6 @@ def _split_batch(batch: Any) -> tuple[torch.Tensor, list[str] | None]:
     )
 
 
-def _as_loader(data: DataSource, batch_size: int, num_workers: int) -> DataLoader[Any]:
-    if isinstance(data, DataLoader):
-        if isinstance(data.sampler, RandomSampler):
-            # Rows must follow the dataset order, otherwise they cannot be matched to ids.
-            raise ValueError("the DataLoader shuffles; embeddings need shuffle=False")
-        return data
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dataset: Any = data  # DataLoader indexes any sequence like a map-style dataset
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-
-
 def pool_features(
     feature_maps: list[torch.Tensor], concat_penultimate: bool = False
 ) -> torch.Tensor:
@@ -498,6 +488,40 @@ def pool_features(
     return F.normalize(torch.cat(pooled, dim=1), dim=1)
 
 
+def _embed_step(
+    module: nn.Module, batch: Any, concat_penultimate: bool, in_channels: int, label: str
+) -> torch.Tensor:
+    """One batch → (b, D) float32 embeddings (the predict step of :func:`predict_rows`)."""
+    images, _ = _split_batch(batch)
+    _check_images(images, in_channels, label)
+    rows = pool_features(
+        module_feature_maps(module, images.to(dtype=torch.float32)), concat_penultimate
+    )
+    return rows.float()
+
+
+def _check_images(images: torch.Tensor, in_channels: int, label: str) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+    if in_channels and images.shape[1] != in_channels:
+        raise ModelError(
+            f"images have {images.shape[1]} channels but the {label} expects {in_channels}; set "
+            "data.in_channels to match the encoder (or use an encoder built for these images)"
+        )
+
+
+def _dataset_of(data: DataSource, batch_size: int, num_workers: int) -> tuple[Any, int, int]:
+    """The map-style dataset, batch size and workers behind a data source."""
+    if isinstance(data, DataLoader):
+        if isinstance(data.sampler, RandomSampler):
+            # Rows must follow the dataset order, otherwise they cannot be matched to ids.
+            raise ValueError("the DataLoader shuffles; embeddings need shuffle=False")
+        return data.dataset, int(data.batch_size or batch_size), int(data.num_workers)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return data, batch_size, num_workers
+
+
 def iter_embeddings(
     encoder: Embedder | nn.Module,
     data: DataSource,
@@ -506,43 +530,13 @@ def iter_embeddings(
     progress: bool = True,
     device: DeviceSpec = None,
     num_workers: int = 0,
+    hardware: Hardware | None = None,
 ) -> Iterator[tuple[np.ndarray, list[str] | None]]:
-    """Yield ``(embeddings (b, D) float32, ids or None)`` batch by batch; see
-    :func:`extract_embeddings`."""
-    from tqdm.auto import tqdm
-
-    embedder = encoder if isinstance(encoder, Embedder) else Embedder(encoder, "module", "", 0)
-    module = embedder.module
-    loader = _as_loader(data, batch_size, num_workers)
-    targets = resolve_devices(device)
-    first = next(iter(module.parameters()), None)
-    home = first.device if first is not None else torch.device("cpu")
-    was_training = module.training
-
-    def embed_chunk(replica: nn.Module, chunk: torch.Tensor, _index: int) -> torch.Tensor:
-        return pool_features(module_feature_maps(replica, chunk), concat_penultimate)
-
-    try:
-        module.eval()
-        # Inside the try: a copy that fails (e.g. out of GPU memory) still sends the module home.
-        replicas = Replicas(module, targets)
-        if len(targets) > 1:
-            logger.info("embedding on %d devices: %s", len(targets), ", ".join(map(str, targets)))
-        with torch.inference_mode():
-            for batch in tqdm(loader, desc="embedding", unit="batch", disable=not progress):
-                images, ids = _split_batch(batch)
-                if images.ndim != 4:
-                    raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
-                if embedder.in_channels and images.shape[1] != embedder.in_channels:
-                    raise ModelError(
-                        f"images have {images.shape[1]} channels but the {embedder.kind} encoder "
-                        f"{embedder.name} expects {embedder.in_channels}; set data.in_channels "
-                        "to match the encoder (or use an encoder built for these images)"
-                    )
-                rows = replicas.gather(embed_chunk, images.to(dtype=torch.float32))
-                yield rows.numpy().astype(np.float32, copy=False), ids
-    finally:
-        module.to(home).train(was_training)
+    """Yield ``(embeddings (N, D) float32, ids or None)`` for the whole data set, as one chunk;
+    see :func:`extract_embeddings`."""
+    yield extract_embeddings_and_ids(
+        encoder, data, batch_size, concat_penultimate, progress, device, num_workers, hardware
+    )
 
 
 def extract_embeddings_and_ids(
@@ -553,25 +547,38 @@ def extract_embeddings_and_ids(
     progress: bool = True,
     device: DeviceSpec = None,
     num_workers: int = 0,
+    hardware: Hardware | None = None,
 ) -> tuple[np.ndarray, list[str] | None]:
     """Like :func:`extract_embeddings`, also returning the items' ``id`` fields.
 
     Returns:
         ``(embeddings (N, D) float32, ids)``; ``ids`` is None when the batches carry no ``id``.
     """
-    chunks: list[np.ndarray] = []
-    all_ids: list[str] | None = []
-    for rows, ids in iter_embeddings(
-        encoder, data, batch_size, concat_penultimate, progress, device, num_workers
-    ):
-        chunks.append(rows)
-        if all_ids is not None and ids is not None:
-            all_ids.extend(ids)
-        else:
-            all_ids = None
-    if not chunks:
+    embedder = encoder if isinstance(encoder, Embedder) else Embedder(encoder, "module", "", 0)
+    dataset, batch_size, num_workers = _dataset_of(data, batch_size, num_workers)
+    if len(dataset) == 0:
         raise ValueError("no items to embed: the dataset is empty")
-    return np.ascontiguousarray(np.concatenate(chunks, axis=0), dtype=np.float32), all_ids
+    label = f"{embedder.kind} encoder {embedder.name}"
+    # Checked here as well as in every step: a bad first item fails before processes start.
+    first, _ = _split_batch(default_collate([dataset[0]]))
+    _check_images(first, embedder.in_channels, label)
+    target = hardware if hardware is not None else hardware_for_devices(device)
+    step = functools.partial(
+        _embed_step,
+        concat_penultimate=concat_penultimate,
+        in_channels=embedder.in_channels,
+        label=label,
+    )
+    array, ids = predict_rows(
+        embedder.module,
+        step,
+        dataset,
+        target,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
+    return np.ascontiguousarray(array, dtype=np.float32), ids
 
 
 def extract_embeddings(
@@ -582,11 +589,13 @@ def extract_embeddings(
     progress: bool = True,
     device: DeviceSpec = None,
     num_workers: int = 0,
+    hardware: Hardware | None = None,
 ) -> np.ndarray:
     """Embed every item of a dataset (in order) with an encoder, without masking.
 
-    The encoder runs in eval mode under ``torch.inference_mode`` (its training flag and device
-    are restored afterwards). Each row is the global average pool of the last feature stage
+    The encoder runs in Lightning's predict loop (:func:`alframe.inference.predict_rows`), in
+    eval mode under ``torch.inference_mode`` (its training flag and device are restored
+    afterwards). Each row is the global average pool of the last feature stage
     (optionally concatenated with the penultimate one, see :func:`pool_features`),
     L2-normalised.
 
@@ -594,16 +603,20 @@ def extract_embeddings(
         encoder: an :class:`Embedder` or a module returning a list of feature maps.
         dataset_or_loader: items are dicts with ``image`` (C, H, W) (as from
             ``SegmentationDataset``), ``(image, ...)`` tuples or image tensors; a DataLoader is
-            used as is (it must not shuffle; ``batch_size`` is then ignored).
+            read for its dataset, batch size and workers (it must not shuffle).
         batch_size: images per forward pass.
         concat_penultimate: also use the penultimate stage.
         progress: show a progress bar.
-        device: where the encoder runs (see :func:`alframe.parallel.resolve_devices`):
-            ``None`` / ``"auto"``: every visible GPU, else the CPU; one device (``"cpu"``,
-            ``"cuda"``, ``"cuda:N"``, a ``torch.device``); several (``"cuda:0,cuda:1"``, a list,
-            a count, ``"all"``). With several, each batch is split across them and the rows are
-            gathered in order, so the result does not depend on the device count.
+        device: where the encoder runs (see :func:`alframe.inference.hardware_for_devices`):
+            ``None`` / ``"auto"``: every visible GPU, else the CPU (inside a torchrun / SLURM
+            launch: this process's shard, DDP); one device (``"cpu"``, ``"cuda"``,
+            ``"cuda:N"``); several (``"cuda:0,cuda:1"``, a list, a count, ``"all"``): one
+            process per device (``ddp_spawn``). Each process runs whole batches of the
+            one-process run and rank 0 puts the rows back in order, so the result does not
+            depend on the number of devices.
         num_workers: DataLoader workers (when a dataset is given).
+        hardware: overrides ``device`` with Lightning's own keys (accelerator, devices,
+            strategy, num_nodes, precision).
 
     Returns:
         (N, D) float32 array with unit rows, row i = item i.
@@ -614,6 +627,13 @@ def extract_embeddings(
         ValueError: empty dataset, or a shuffling DataLoader.
     """
     array, _ = extract_embeddings_and_ids(
-        encoder, dataset_or_loader, batch_size, concat_penultimate, progress, device, num_workers
+        encoder,
+        dataset_or_loader,
+        batch_size,
+        concat_penultimate,
+        progress,
+        device,
+        num_workers,
+        hardware,
     )
     return array

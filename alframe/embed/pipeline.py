@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from alframe._dist import is_global_zero
 from alframe.config.loading import expand_path
 from alframe.config.schema import Recipe
 from alframe.embed.cache import EmbeddingCache, EmbeddingKey, preprocessing_signature
@@ -172,6 +173,12 @@ def recipe_preprocessing(recipe: Recipe, backbone: str) -> str:
         backbone=backbone,
         eval_augment=[step.model_dump() for step in recipe.augment.eval],
         pooling=EMBEDDING_VERSION,
+        # Only a non-default storage dtype joins the key, so float32 caches keep their keys.
+        **(
+            {"storage": recipe.embed.storage_dtype}
+            if recipe.embed.storage_dtype != "float32"
+            else {}
+        ),
     )
 
 
@@ -223,7 +230,7 @@ def embed_samples(
         embedder: the encoder to use (default: :func:`build_embedder`).
         recompute: ignore (and overwrite) an existing cache entry, stale or not.
         progress: show a progress bar.
-        device: overrides ``embed.devices`` (see :func:`alframe.parallel.resolve_devices`).
+        device: overrides ``embed.devices`` (see :func:`alframe.inference.hardware_for_devices`).
 
     Returns:
         An :class:`EmbeddingResult`.
@@ -269,7 +276,15 @@ def embed_samples(
         "source": str(encoder.source) if encoder.source else None,
         "n": len(ids),
     }
-    path = cache.put(key, ids, array, info)
+    dtype = recipe.embed.storage_dtype
+    if dtype != "float32":
+        # The rows as the cache will give them back next time: the same picks either way.
+        array = array.astype(dtype).astype(np.float32)
+    # Under torchrun / SLURM every process has the rows; one of them writes the entry.
+    if is_global_zero():
+        path = cache.put(key, ids, array, info, dtype=dtype)
+    else:
+        path = cache.array_path(key)
     return EmbeddingResult(ids, array, digest, path, False)
 
 
@@ -292,7 +307,7 @@ def embed_pool(
         which: ``"pool"`` or ``"source"``.
         recompute: ignore (and overwrite) an existing cache entry.
         progress: show a progress bar.
-        device: overrides ``embed.devices`` (see :func:`alframe.parallel.resolve_devices`).
+        device: overrides ``embed.devices`` (see :func:`alframe.inference.hardware_for_devices`).
 
     Returns:
         An :class:`EmbeddingResult` (ids in catalog order, i.e. sorted).

@@ -30,6 +30,10 @@ from alframe.index.vector_index import (
 
 SelfKnnMethod = Literal["auto", "exact", "cells"]
 DEFAULT_EXACT_MAX_ITEMS = 20_000
+KMEANS_POINTS_PER_CELL = 64
+"""Training points per k-means cell of the cells method (a seeded sample of the pool)."""
+ROW_BLOCK = 65_536
+"""Rows per block when assigning items to cells."""
 
 
 def drop_self_matches(
@@ -70,6 +74,7 @@ def self_knn(
     seed: int = 0,
     device: Device = "cpu",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    reference_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean k nearest neighbours of every row among the other rows (self excluded).
 
@@ -84,6 +89,11 @@ def self_knn(
         seed: k-means seed for ``"cells"``.
         device: FAISS device of the exact search (``"cpu"``, ``"gpu"``, ``"auto"``).
         batch_size: queries per FAISS call in the exact search.
+        reference_size: when smaller than N, the neighbours come from a seeded uniform
+            subsample of this many rows (the *reference*; a row in it is not its own
+            neighbour), which cuts the search cost by N / reference_size. The distances are
+            then those to the k nearest reference rows (larger than to the k nearest rows; a
+            density built on them is a smoothed estimate).
 
     Returns:
         ``(distances, indices)``: (N, k) float32 Euclidean distances, nearest first, and (N, k)
@@ -96,33 +106,78 @@ def self_knn(
         raise ConfigError(f"self-kNN method must be 'auto', 'exact' or 'cells', got {method!r}")
     if n_probe < 1:
         raise ConfigError(f"n_probe must be a positive integer, got {n_probe}")
+    reference: np.ndarray | None = None
+    if reference_size is not None:
+        if isinstance(reference_size, bool) or reference_size < k + 1:
+            raise ConfigError(
+                f"reference_size must be an integer ≥ k + 1 = {k + 1}, got {reference_size!r}"
+            )
+        if reference_size < n_items:
+            reference = reference_rows(n_items, int(reference_size), seed)
     use_cells = method == "cells" or (method == "auto" and n_items > exact_max_items)
     if use_cells:
-        return _cells_self_knn(matrix, k, n_cells=n_cells, n_probe=n_probe, seed=seed)
+        return _cells_self_knn(
+            matrix, k, n_cells=n_cells, n_probe=n_probe, seed=seed, reference=reference
+        )
     index = VectorIndex(matrix.shape[1], kind="flat", metric="l2", device=device)
-    index.add(matrix)
+    if reference is None:
+        index.add(matrix)
+        distances, indices = index.knn(matrix, k + 1, batch_size=batch_size)
+        return drop_self_matches(distances, indices, np.arange(n_items, dtype=np.int64))
+    index.add(np.ascontiguousarray(matrix[reference]))
     distances, indices = index.knn(matrix, k + 1, batch_size=batch_size)
-    return drop_self_matches(distances, indices, np.arange(n_items, dtype=np.int64))
+    return drop_self_matches(distances, reference[indices], np.arange(n_items, dtype=np.int64))
+
+
+def reference_rows(n_items: int, size: int, seed: int) -> np.ndarray:
+    """The seeded reference subsample of :func:`self_knn`: ``size`` ascending rows of N."""
+    generator = np.random.default_rng([seed, 0x5E1F])  # a stream of its own, not the k-means one
+    return np.sort(generator.choice(n_items, size=size, replace=False)).astype(np.int64)
 
 
 def _cells_self_knn(
-    matrix: np.ndarray, k: int, *, n_cells: int | None, n_probe: int, seed: int
+    matrix: np.ndarray,
+    k: int,
+    *,
+    n_cells: int | None,
+    n_probe: int,
+    seed: int,
+    reference: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     n_items, dim = matrix.shape
+    n_database = n_items if reference is None else reference.size
     if n_cells is None:
         n_cells = max(1, round(math.sqrt(n_items)))
-    n_cells = int(min(n_cells, n_items))
+    n_cells = int(min(n_cells, n_database))
     if n_cells < 1:
         raise DataError("cannot partition an empty pool")
     kmeans = faiss.Kmeans(dim, n_cells, niter=10, seed=seed, max_points_per_centroid=64)
-    kmeans.train(matrix)
+    # FAISS would subsample n_cells·64 training points itself; drawing them here (seeded) makes
+    # the same cells from an in-RAM matrix and from an on-disk store, which is never copied whole.
+    n_train = min(n_database, n_cells * KMEANS_POINTS_PER_CELL)
+    if n_train < n_database:
+        sample = np.sort(np.random.default_rng(seed).choice(n_database, n_train, replace=False))
+        kmeans.train(
+            np.ascontiguousarray(matrix[sample if reference is None else reference[sample]])
+        )
+    else:
+        kmeans.train(np.ascontiguousarray(matrix[:] if reference is None else matrix[reference]))
     centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
-    _, cell_of_item = kmeans.index.search(matrix, 1)
-    cell_of_item = cell_of_item[:, 0]
+    cell_of_item = np.empty(n_items, dtype=np.int64)
+    for start in range(0, n_items, ROW_BLOCK):
+        block = np.ascontiguousarray(matrix[start : start + ROW_BLOCK])
+        cell_of_item[start : start + block.shape[0]] = kmeans.index.search(block, 1)[1][:, 0]
 
     items_by_cell = np.argsort(cell_of_item, kind="stable")
     cell_sizes = np.bincount(cell_of_item, minlength=n_cells)
     cell_starts = np.concatenate(([0], np.cumsum(cell_sizes)))
+    if reference is None:
+        database_by_cell, database_sizes, database_starts = items_by_cell, cell_sizes, cell_starts
+    else:
+        reference_cells = cell_of_item[reference]
+        database_by_cell = reference[np.argsort(reference_cells, kind="stable")]
+        database_sizes = np.bincount(reference_cells, minlength=n_cells)
+        database_starts = np.concatenate(([0], np.cumsum(database_sizes)))
     n_neighbour_cells = min(n_cells, max(4 * n_probe, 32))
     _, nearest_cells = faiss.knn(centroids, centroids, n_neighbour_cells)
 
@@ -133,9 +188,9 @@ def _cells_self_knn(
         members = items_by_cell[cell_starts[cell] : cell_starts[cell + 1]]
         if members.size == 0:
             return
-        probed = _probed_cells(cell, nearest_cells[cell], cell_sizes, n_probe, k + 1)
+        probed = _probed_cells(cell, nearest_cells[cell], database_sizes, n_probe, k + 1)
         database_rows = np.concatenate(
-            [items_by_cell[cell_starts[p] : cell_starts[p + 1]] for p in probed]
+            [database_by_cell[database_starts[p] : database_starts[p + 1]] for p in probed]
         )
         cell_distances, cell_neighbours = faiss.knn(
             matrix[members], matrix[database_rows], k + 1, metric=faiss.METRIC_L2

@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import faiss
 import numpy as np
 
+from alframe._rows import OnDiskRows, is_on_disk
 from alframe.errors import ConfigError, DataError
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
@@ -50,7 +51,15 @@ def resolve_device(device: str) -> Literal["cpu", "gpu"]:
 
 
 def as_float32_rows(vectors: Any, name: str, dim: int | None = None) -> np.ndarray:
-    """(N, D) C-contiguous float32 view/copy of ``vectors``; checks rank and dimension."""
+    """(N, D) C-contiguous float32 view/copy of ``vectors``; checks rank and dimension.
+
+    An :class:`alframe._rows.OnDiskRows` store is returned as it is (it reads as float32 rows,
+    batch by batch); only its dimension is checked.
+    """
+    if is_on_disk(vectors):
+        if dim is not None and vectors.shape[1] != dim:
+            raise DataError(f"{name} have dimension {vectors.shape[1]}, the index expects {dim}")
+        return cast(np.ndarray, vectors)
     array = np.ascontiguousarray(vectors, dtype=np.float32)
     if array.ndim != 2:
         raise DataError(f"{name} must be a 2-D array (items × features), got shape {array.shape}")
@@ -164,6 +173,10 @@ class VectorIndex:
             vectors: (N, D) array-like, converted to float32 (no copy when already float32).
         """
         matrix = as_float32_rows(vectors, "vectors", self.dim)
+        if is_on_disk(matrix):  # larger than RAM: add chunk by chunk
+            for _, block in cast(OnDiskRows, matrix).chunks():
+                self.add(block)
+            return
         if matrix.shape[0] == 0:
             return
         if self._index is None:

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from alframe.errors import ConfigError, DataError, StateError
+
+if TYPE_CHECKING:
+    from alframe.inference import Hardware
 from alframe.pseudolabel.base import PSEUDOLABELLERS, PseudoLabeller, PseudoLabels, as_image_list
 from alframe.pseudolabel.matching import (
     DEFAULT_BANK_BLOCK,
@@ -256,12 +261,22 @@ class RPGPseudoLabeller(PseudoLabeller):
         self.bank = compact_bank(builder.build(), self.options)
         return self
 
-    def predict(self, images: torch.Tensor) -> PseudoLabels:
-        """Pseudo-labels (B, H, W) of images (B, C, H, W) (see :class:`PseudoLabeller.predict`)."""
+    def predict(self, images: torch.Tensor, hardware: Hardware | None = None) -> PseudoLabels:
+        """Pseudo-labels (B, H, W) of images (B, C, H, W) (see :class:`PseudoLabeller.predict`).
+
+        Args:
+            images: (B, C, H, W) images.
+            hardware: run the feature extraction and matching in Lightning's predict loop on
+                this hardware (:class:`alframe.inference.Hardware`; several processes each take
+                whole batches, rank 0 puts the labels back in order: the same labels as one
+                process). None: here, on the feature model's device.
+        """
         if self.bank is None:
             raise StateError("the rpg pseudo-labeller has no references yet; call fit() first")
         if images.ndim != 4:
             raise DataError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        if hardware is not None:
+            return self._predict_rows(images, hardware)
         parts = []
         for start in range(0, images.shape[0], self.batch_size):
             batch = images[start : start + self.batch_size]
@@ -276,6 +291,43 @@ class RPGPseudoLabeller(PseudoLabeller):
             torch.cat([p.confidence for p in parts]),
             torch.cat([p.similarity for p in parts]),
         )
+
+    def _predict_rows(self, images: torch.Tensor, hardware: Hardware) -> PseudoLabels:
+        from alframe.inference import predict_rows
+
+        step = partial(_label_rows, labeller=self)
+        rows, _ = predict_rows(
+            _feature_module(self.features), step, images, hardware, batch_size=self.batch_size
+        )
+        out = torch.from_numpy(rows)
+        return PseudoLabels(out[:, 0].long(), out[:, 1].contiguous(), out[:, 2].contiguous())
+
+
+def _feature_module(features: Any) -> nn.Module:
+    """The module inside a feature source (what the predict loop moves to each device)."""
+    for name in ("model", "module"):
+        inner = getattr(features, name, None)
+        if isinstance(inner, nn.Module):
+            return inner
+    return nn.Identity()
+
+
+def _label_rows(_net: nn.Module, batch: torch.Tensor, labeller: RPGPseudoLabeller) -> torch.Tensor:
+    """One batch (b, C, H, W) → (b, 3, H, W): labels, confidence, similarity (a predict step).
+
+    ``labeller.features`` holds the module the predict loop placed (the same object), so the
+    features are computed on this process's device.
+    """
+    if labeller.bank is None:
+        raise StateError("the rpg pseudo-labeller has no references yet; call fit() first")
+    maps = labeller.features(batch)
+    labels = transfer_labels(
+        maps, labeller.bank, (int(batch.shape[-2]), int(batch.shape[-1])), labeller.options
+    )
+    # Class indices (and -1) are exact in float32.
+    return torch.stack(
+        [labels.labels.float(), labels.confidence.float(), labels.similarity.float()], dim=1
+    )
 
 
 def _batches(

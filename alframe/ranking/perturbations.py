@@ -349,9 +349,8 @@ def channel_dropout(
     removed on exit, also after an exception; parameters and buffers are never touched.
 
     Args:
-        module: an smp model or a task wrapping one — or a list of them, the replicas of one
-            model on several devices (``Predictor.modules``): their n-th calls then drop the
-            same channels, so a batch split across devices is perturbed like the whole batch.
+        module: an smp model or a task wrapping one — or a list of them (``Predictor.modules``),
+            copies of one model whose n-th calls then drop the same channels.
         dropout: the proportion and placement.
         rng: the generator of the dropped channels.
 

@@ -11,13 +11,16 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import torch
+from torch import nn
 
 from alframe._atomic import atomic_write_text
 from alframe.errors import ConfigError
@@ -34,7 +37,10 @@ from alframe.ranking.validation import (
 )
 
 if TYPE_CHECKING:
+    from alframe.inference import Hardware
     from alframe.parallel import DeviceSpec
+
+_T = TypeVar("_T")
 
 __all__ = ["RankingReport", "placed_on", "rank_models", "validate", "write_report"]
 
@@ -194,6 +200,7 @@ def rank_models(
     time_inference: bool = False,
     devices: DeviceSpec | None = None,
     guard: DegenerateGuard | None = None,
+    hardware: Hardware | None = None,
 ) -> RankingReport:
     """Score every model with every ranker, after the degenerate-model guard.
 
@@ -209,12 +216,18 @@ def rank_models(
         batch_size: images per forward pass.
         progress: show a progress bar per model.
         time_inference: also time the plain inference pass per model (for cost ratios).
-        devices: where to run each model while it is scored (``"auto"``: every visible GPU,
-            else the CPU; a device; a list; see :meth:`Predictor.place`), one model at a time,
-            so a large zoo never has to fit on the GPUs at once; each model goes back to the
-            CPU afterwards. ``None``: leave the models where they are.
+        devices: where to run the models while they are scored (``"auto"``: every visible
+            GPU, else the CPU; a device; a list; see
+            :func:`alframe.inference.hardware_for_devices`), through Lightning's predict loop:
+            each process (one per device) takes whole models, one at a time, so a large zoo
+            never has to fit on the GPUs at once, and every model goes back to the CPU
+            afterwards. A model's scores are those of the one-process run whatever the
+            number of devices. ``None`` (and no ``hardware``): run the models where they are,
+            in this process.
         guard: the degenerate-model thresholds (default :class:`DegenerateGuard`); its
             profile costs one plain inference pass per model.
+        hardware: overrides ``devices`` with Lightning's own keys (accelerator, devices,
+            strategy, num_nodes, precision).
 
     Returns:
         The report.
@@ -249,30 +262,25 @@ def rank_models(
             components[ranker.describe()] = keys
     columns = labels + [key for key in base if key not in labels]
     report = RankingReport(models=names, rankers=columns, primary=labels[0] if labels else None)
-    for predictor in predictors:
-        usable = {key: r for key, r in base.items() if r.supports(predictor)}
-        for key in base:
-            if key not in usable:
-                report.skipped.append(
-                    (key, predictor.name, "needs grey-box access (black-box model)")
-                )
-        total = len(images) * (len(usable) + 1)
-        bar = _progress_bar(total, predictor.name, progress)
-        with placed_on(predictor, devices), closing(bar):
-            accumulator = ProfileAccumulator()
-            started = time.perf_counter()
-            for _, batch in images.batches(batch_size):
-                accumulator.add(predictor.predict_proba(batch))
-                bar.update(batch.shape[0])
-            if time_inference:
-                report.inference_seconds[predictor.name] = time.perf_counter() - started
-            report.profiles[predictor.name] = accumulator.profile()
-            reason = guard.check(report.profiles[predictor.name])
-            if reason is not None:
-                report.degenerate[predictor.name] = reason
-            for key, ranker in usable.items():
-                result = ranker.score(predictor, images, batch_size, progress=bar.update)
-                report.results.setdefault(key, {})[predictor.name] = result
+    score = partial(
+        _score_model,
+        images=images,
+        base=base,
+        guard=guard,
+        batch_size=batch_size,
+        progress=progress,
+        time_inference=time_inference,
+    )
+    outcomes = _over_models(predictors, score, devices, hardware)
+    for predictor, outcome in zip(predictors, outcomes, strict=True):
+        report.skipped.extend(outcome.skipped)
+        if outcome.seconds is not None:
+            report.inference_seconds[predictor.name] = outcome.seconds
+        report.profiles[predictor.name] = outcome.profile
+        if outcome.degenerate is not None:
+            report.degenerate[predictor.name] = outcome.degenerate
+        for key, result in outcome.results.items():
+            report.results.setdefault(key, {})[predictor.name] = result
     for ranker in rankers:
         if isinstance(ranker, ConsensusRanker):
             scored = [report.results.get(key, {}) for key in components[ranker.describe()]]
@@ -280,6 +288,100 @@ def rank_models(
                 scored, len(images), set(report.degenerate)
             )
     return report
+
+
+@dataclass
+class _ModelOutcome:
+    """What :func:`rank_models` learns about one candidate (travels between processes)."""
+
+    profile: PredictionProfile
+    degenerate: str | None
+    results: dict[str, RankerResult]
+    skipped: list[tuple[str, str, str]]
+    seconds: float | None
+
+
+def _score_model(
+    predictor: Predictor,
+    images: TargetImages,
+    base: dict[str, Ranker],
+    guard: DegenerateGuard,
+    batch_size: int,
+    progress: bool,
+    time_inference: bool,
+) -> _ModelOutcome:
+    """The guard's profile and every usable ranker's result for one model."""
+    usable = {key: r for key, r in base.items() if r.supports(predictor)}
+    skipped = [
+        (key, predictor.name, "needs grey-box access (black-box model)")
+        for key in base
+        if key not in usable
+    ]
+    total = len(images) * (len(usable) + 1)
+    bar = _progress_bar(total, predictor.name, progress)
+    results: dict[str, RankerResult] = {}
+    with closing(bar):
+        accumulator = ProfileAccumulator()
+        started = time.perf_counter()
+        for _, batch in images.batches(batch_size):
+            accumulator.add(predictor.predict_proba(batch))
+            bar.update(batch.shape[0])
+        seconds = time.perf_counter() - started if time_inference else None
+        profile = accumulator.profile()
+        for key, ranker in usable.items():
+            results[key] = ranker.score(predictor, images, batch_size, progress=bar.update)
+    return _ModelOutcome(profile, guard.check(profile), results, skipped, seconds)
+
+
+class _DeviceProbe(nn.Module):
+    """What Lightning moves onto each process's device; the candidates follow it there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("anchor", torch.zeros(1))
+
+
+def _model_step(
+    probe: nn.Module,
+    positions: torch.Tensor,
+    predictors: Sequence[Predictor],
+    function: Callable[[Predictor], _T],
+) -> list[_T]:
+    """The predict step over candidates: each one on this process's device, then home again."""
+    device = str(probe.anchor.device)
+    out = []
+    for position in positions.tolist():
+        predictor = predictors[int(position)]
+        with torch.inference_mode(False), placed_on(predictor, device):
+            out.append(function(predictor))
+    return out
+
+
+def _over_models(
+    predictors: Sequence[Predictor],
+    function: Callable[[Predictor], _T],
+    devices: DeviceSpec | None,
+    hardware: Hardware | None,
+) -> list[_T]:
+    """``function(predictor)`` for every candidate, in order.
+
+    With neither ``devices`` nor ``hardware`` the models run where they are, in this process.
+    Otherwise the candidates are the items of Lightning's predict loop
+    (:func:`alframe.inference.predict_rows`): each process scores whole models on its own device,
+    one at a time, and rank 0 puts the outcomes back in input order. A model is scored by
+    exactly the code and batches of the one-process run, so its scores (CTE's perturbations
+    included) do not depend on how many processes ran the zoo.
+    """
+    if devices is None and hardware is None:
+        return [function(p) for p in predictors]
+    from alframe.inference import hardware_for_devices, predict_rows
+
+    target = hardware if hardware is not None else hardware_for_devices(devices)
+    step = partial(_model_step, predictors=list(predictors), function=function)
+    outcomes, _ = predict_rows(
+        _DeviceProbe(), step, list(range(len(predictors))), target, batch_size=1
+    )
+    return list(outcomes)
 
 
 def _same_settings(first: Ranker, second: Ranker) -> bool:
@@ -300,6 +402,7 @@ def validate(
     seed: int = 0,
     truth: str = "dice",
     devices: DeviceSpec | None = None,
+    hardware: Hardware | None = None,
 ) -> RankingReport:
     """Add true performance per model and the correlations of every ranker with it.
 
@@ -314,6 +417,7 @@ def validate(
             the connected components of the prediction, as for CTE-ARS). Stored in
             ``report.dice`` either way.
         devices: where each model runs while it is evaluated (see :func:`rank_models`).
+        hardware: overrides ``devices`` (see :func:`rank_models`).
 
     Raises:
         DataError: the images have no labels.
@@ -321,12 +425,10 @@ def validate(
     """
     if truth not in ("dice", "map"):
         raise ConfigError(f"truth must be 'dice' or 'map', got {truth!r}")
-    for predictor in predictors:
-        with placed_on(predictor, devices):
-            if truth == "map":
-                per_image = true_instance_map(predictor, images, batch_size=batch_size)
-            else:
-                per_image = true_dice(predictor, images, batch_size)
+    evaluate = partial(_true_performance, images=images, batch_size=batch_size, truth=truth)
+    for predictor, per_image in zip(
+        predictors, _over_models(predictors, evaluate, devices, hardware), strict=True
+    ):
         report.per_image_dice[predictor.name] = per_image
         report.dice[predictor.name] = float(per_image.mean())
     for ranker in report.rankers:
@@ -346,6 +448,14 @@ def validate(
             "kendall": placed["kendall"],
         }
     return report
+
+
+def _true_performance(
+    predictor: Predictor, images: TargetImages, batch_size: int, truth: str
+) -> np.ndarray:
+    if truth == "map":
+        return true_instance_map(predictor, images, batch_size=batch_size)
+    return true_dice(predictor, images, batch_size)
 
 
 def write_report(report: RankingReport, out_dir: str | os.PathLike[str]) -> dict[str, Path]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -66,8 +66,7 @@ class Predictor:
         recipe: the resolved recipe stored in an alframe checkpoint (its preprocessing), if any.
         source: where it came from (a path, or a description).
         array_input: ``function`` takes NumPy arrays (ONNX) instead of torch tensors.
-        device: torch device the batches are moved to (the first one after
-            :meth:`place` on several).
+        device: torch device the batches are moved to.
     """
 
     name: str
@@ -79,7 +78,6 @@ class Predictor:
     source: str = ""
     array_input: bool = False
     device: str = "cpu"
-    _replicas: Any = field(default=None, init=False, repr=False)
 
     @property
     def grey_box(self) -> bool:
@@ -88,41 +86,34 @@ class Predictor:
 
     @property
     def devices(self) -> list[str]:
-        """The devices inference runs on (one unless :meth:`place` was given several)."""
-        if self._replicas is not None:
-            return [str(d) for d in self._replicas.devices]
+        """The device inference runs on, as a one-entry list."""
         return [self.device]
 
     @property
     def modules(self) -> list[Any]:
-        """The torch module on every device (for hooks); empty for a black-box predictor."""
-        if self.module is None:
-            return []
-        if self._replicas is not None:
-            return list(self._replicas.modules)
-        return [self.module]
+        """The torch module (for hooks) in a one-entry list; empty for a black-box predictor."""
+        return [] if self.module is None else [self.module]
 
     def place(self, devices: DeviceSpec) -> Predictor:
-        """Put a torch model on one or several devices (see
-        :func:`alframe.parallel.resolve_devices`).
+        """Put a torch model on one device.
 
-        With several devices the model is copied once onto each and every batch is split
-        across the copies; outputs are gathered in input order, so scores do not depend on the
-        device count. ONNX predictors run on the CPU through onnxruntime and only accept
-        ``"cpu"`` / ``"auto"``.
+        Several devices are a matter for the predict loop: pass them to
+        :func:`~alframe.ranking.rank_models` (one process per device, whole models each), not
+        here. ONNX predictors run on the CPU through onnxruntime and only accept ``"cpu"`` /
+        ``"auto"``.
 
         Args:
-            devices: ``"auto"`` (every visible GPU, else the CPU), one device, a list, a count.
+            devices: ``"auto"`` (the first GPU, else the CPU) or one device.
 
         Returns:
             ``self``.
 
         Raises:
-            ModelError: unknown or missing devices, or an ONNX model asked onto a GPU.
+            ModelError: unknown, missing or several devices, or an ONNX model asked onto a GPU.
         """
         from torch import nn
 
-        from alframe.parallel import Replicas, resolve_devices
+        from alframe.parallel import resolve_devices
 
         if self.array_input:
             targets = resolve_devices("cpu" if devices in (None, "auto") else devices)
@@ -138,13 +129,31 @@ class Predictor:
                 "model yourself or wrap it in a torch module"
             )
         targets = resolve_devices(devices)
-        self._replicas = None
+        if devices in (None, "auto"):
+            targets = targets[:1]
         if len(targets) > 1:
-            self._replicas = Replicas(self.function, targets)
-        else:
-            self.function.to(targets[0])
+            raise ModelError(
+                f"{self.name}: one model runs on one device; to use {len(targets)} devices pass "
+                "them to rank_models(devices=...) (alframe rank --devices), which scores the "
+                "candidates in one process per device"
+            )
+        self.function.to(targets[0])
         self.device = str(targets[0])
         return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        # TorchScript and ONNX models do not pickle; a process that receives one (ddp_spawn)
+        # reads it again from its file.
+        state = dict(self.__dict__)
+        if not self.grey_box and self.source and Path(self.source).is_file():
+            state["function"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get("function") is None and state.get("source"):
+            loaded = load_predictor(state["source"], device="cpu")
+            state["function"] = loaded.function
+        self.__dict__.update(state)
 
     # ------------------------------------------------------------------ constructors
 
@@ -198,10 +207,6 @@ class Predictor:
         with torch.no_grad():
             if self.array_input:
                 raw = self.function(batch)
-            elif self._replicas is not None:
-                raw = self._replicas.gather(
-                    lambda replica, chunk, _i: replica(chunk).float(), torch.from_numpy(batch)
-                )
             else:
                 raw = self.function(torch.from_numpy(batch).to(self.device))
         if isinstance(raw, torch.Tensor):
@@ -233,32 +238,23 @@ class Predictor:
         Raises:
             ModelError: black-box predictor, or the module has no ``segmentation_head``.
         """
-        heads = [_segmentation_head(m) for m in self.modules]
-        if not heads or any(head is None for head in heads):
+        head = _segmentation_head(self.module) if self.module is not None else None
+        if head is None:
             raise ModelError(
                 f"{self.name}: decoder features need a grey-box smp model (an alframe "
                 "checkpoint); this ranker cannot score black-box models"
             )
-        # One slot per replica, written only by that replica's thread: no lock needed, and the
-        # slots in replica order are the batch order.
-        captured: list[list[np.ndarray]] = [[] for _ in heads]
+        captured: list[np.ndarray] = []
 
-        def capture_into(slot: list[np.ndarray]) -> Callable[[Any, Any], None]:
-            def hook(_module: Any, inputs: Any) -> None:
-                slot.append(inputs[0].detach().float().cpu().numpy())
+        def hook(_module: Any, inputs: Any) -> None:
+            captured.append(inputs[0].detach().float().cpu().numpy())
 
-            return hook
-
-        handles = [
-            head.register_forward_pre_hook(capture_into(slot))
-            for head, slot in zip(heads, captured, strict=True)
-        ]
+        handle = head.register_forward_pre_hook(hook)
         try:
             proba = self.predict_proba(images)
         finally:
-            for handle in handles:
-                handle.remove()
-        features = np.concatenate([slot[-1] for slot in captured if slot], axis=0)
+            handle.remove()
+        features = captured[-1]
         return proba, features
 
 
@@ -277,9 +273,8 @@ def load_predictor(path: str | os.PathLike[str], device: DeviceSpec = "cpu") -> 
 
     Args:
         path: ``.ckpt`` (alframe), TorchScript or ``.onnx`` file.
-        device: where alframe and TorchScript models run: one device, ``"auto"`` (every
-            visible GPU, else the CPU) or several (see :meth:`Predictor.place`). ONNX models
-            always run on the CPU.
+        device: where alframe and TorchScript models run: one device or ``"auto"`` (the first
+            GPU, else the CPU; see :meth:`Predictor.place`). ONNX models always run on the CPU.
 
     Returns:
         The predictor, named after the file (its stem, with the parent folder for checkpoints

@@ -22,6 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -257,9 +258,8 @@ class CTERanker(Ranker):
         if not 0.0 < threshold < 1.0:
             raise ConfigError(f"CTE threshold must be in (0, 1), got {threshold}")
         self.threshold = float(threshold)
-        self.postprocess = postprocess or (
-            lambda proba: connected_components(proba, self.threshold)
-        )
+        # A partial, not a lambda: rankers travel to the processes of a ddp_spawn launch.
+        self.postprocess = postprocess or partial(connected_components, threshold=self.threshold)
 
     @property
     def requires(self) -> frozenset[str]:

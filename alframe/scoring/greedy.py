@@ -57,6 +57,11 @@ PRUNE_MAX_CENTRES = 65_536
 """Triangle-inequality pruning keeps a copy of the centres; above this many it is switched off."""
 PRUNE_FULL_PASS_FRACTION = 0.4
 """When more than this fraction of the pool may get closer, a full pass is cheaper than a gather."""
+PRUNE_SKIP_AFTER = 8
+"""After this many consecutive picks whose pruning test ended in a full pass, the test is skipped
+(a full pass is made directly) ..."""
+PRUNE_RETRY_EVERY = 16
+"""... except every this many picks, when it is tried again."""
 _PRUNE_SLACK = 1e-3
 """Relative slack of the pruning test, so that float32 rounding can only cause extra updates."""
 
@@ -114,6 +119,7 @@ class CoverageState:
         self.candidate = np.repeat(~labelled[None, :], n_runs, axis=0)
         self.n_centres = np.full(n_runs, labelled_rows.size, dtype=np.int64)
         self.rows_updated = 0
+        self._full_pass_streak = 0
 
     def add_centres(self, rows: np.ndarray) -> None:
         """Makes ``rows[r]`` a centre of run r and updates the distances.
@@ -139,7 +145,14 @@ class CoverageState:
         centre = self.embeddings[row]
         centre_norm = self.norms[row]
         min_squared = self.min_squared[0]
-        if n_stored == 0:
+        # On unstructured pools the test nearly always ends in a full pass anyway; after a run
+        # of those, skip the test (its gather and compare cost ~4 vector passes per pick) and
+        # re-try it every PRUNE_RETRY_EVERY picks. Either way every distance stays exact.
+        skip_test = (
+            self._full_pass_streak >= PRUNE_SKIP_AFTER
+            and self._full_pass_streak % PRUNE_RETRY_EVERY != 0
+        )
+        if n_stored == 0 or skip_test:
             rows_to_update = None
         else:
             # Squared distances from the new centre to every existing centre (a few thousand).
@@ -157,7 +170,9 @@ class CoverageState:
             min_squared[closer] = squared[closer]
             self._nearest[closer] = n_stored
             self.rows_updated += n_items
+            self._full_pass_streak += 1
         else:
+            self._full_pass_streak = 0
             for start in range(0, rows_to_update.size, ROW_CHUNK):
                 chunk = rows_to_update[start : start + ROW_CHUNK]
                 squared = self.norms[chunk] - 2.0 * (self.embeddings[chunk] @ centre)

@@ -23,6 +23,7 @@ def knn_mean_distance(
     n_probe: int = 4,
     seed: int = 0,
     device: Device = "cpu",
+    reference_size: int | None = None,
 ) -> np.ndarray:
     """Mean Euclidean distance of every item to its k nearest neighbours.
 
@@ -38,6 +39,8 @@ def knn_mean_distance(
         n_probe: cells probed by the cells method.
         seed: seed of the cells method's k-means.
         device: FAISS device.
+        reference_size: self-kNN only: neighbours from a seeded subsample of this many items
+            (see :func:`alframe.index.self_knn`); ``None`` = all items.
 
     Returns:
         (N,) float64 mean distances.
@@ -53,6 +56,7 @@ def knn_mean_distance(
             n_probe=n_probe,
             seed=seed,
             device=device,
+            reference_size=reference_size,
         )
     else:
         distances, _ = exact_knn(embeddings, reference, k, metric="l2")
@@ -69,6 +73,7 @@ def density(
     n_probe: int = 4,
     seed: int = 0,
     device: Device = "cpu",
+    reference_size: int | None = None,
 ) -> np.ndarray:
     """XSSR density ρ(x) = 1 / (ε + mean distance to the k nearest other pool items).
 
@@ -81,6 +86,10 @@ def density(
         n_probe: cells probed by the cells method.
         seed: seed of the cells method's k-means.
         device: FAISS device.
+        reference_size: neighbours from a seeded subsample of this many pool items instead of
+            the whole pool (cost ÷ N / reference_size; a smoothed estimate, see
+            :data:`alframe.strategies.xssr` for where it is accurate); ``None`` = exact
+            neighbourhoods.
 
     Returns:
         (N,) float64 densities (larger = denser neighbourhood).
@@ -98,6 +107,9 @@ def density(
         n_probe=n_probe,
         seed=seed,
         device=device,
+        reference_size=None
+        if reference_size is None or reference_size >= n_items
+        else max(int(reference_size), min(k, n_items - 1) + 1),
     )
     return 1.0 / (epsilon + mean_distance)
 

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from alframe._rows import is_on_disk
 from alframe.errors import AlframeError, AlframeNote, ConfigError
 from alframe.registry import Registry
 from alframe.types import QueryContext, Selection
@@ -29,6 +30,9 @@ class Strategy(ABC):
 
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset({"embeddings"})
+    supports_on_disk: ClassVar[bool] = False
+    """Whether :meth:`select` accepts embeddings kept on disk (:class:`alframe._rows.OnDiskRows`,
+    pools larger than RAM) and reads them in chunks."""
 
     def select(self, ctx: QueryContext, budget: int) -> Selection:
         """Selects ``budget`` unlabelled items of ``ctx`` (fewer, with a warning, if the pool is
@@ -47,6 +51,12 @@ class Strategy(ABC):
         """
         if not isinstance(ctx, QueryContext):
             raise ConfigError(f"select() needs a QueryContext, got {type(ctx).__name__}")
+        if is_on_disk(ctx.embeddings) and not self.supports_on_disk:
+            raise ConfigError(
+                f"strategy {self.name!r} needs the embeddings in RAM but got a memory-mapped "
+                f"store ({ctx.embeddings!r}); load it with np.load(path) if it fits, or use a "
+                "strategy that reads it in chunks (coreset, xssr)"
+            )
         budget = clip_budget(budget, ctx)
         if budget == 0:
             return Selection(

@@ -34,6 +34,7 @@ class CoresetStrategy(Strategy):
 
     name: ClassVar[str] = "coreset"
     requires: ClassVar[frozenset[str]] = frozenset({"embeddings"})
+    supports_on_disk: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.first_pick not in ("mean", "random"):

@@ -57,6 +57,12 @@ from alframe.strategies.base import STRATEGIES, Strategy, pool_array
 from alframe.types import QueryContext, Selection
 
 DEFAULT_CALIBRATION_SUBSAMPLE = 100_000
+DENSITY_REFERENCE_MIN_ITEMS = 500_000
+"""``density_reference="auto"`` estimates the density from a reference subsample only above this
+pool size (below it the full self-kNN is cheap enough)."""
+DENSITY_REFERENCE_FRACTION = 0.25
+"""``"auto"`` reference size as a fraction of the pool (at least ``DENSITY_REFERENCE_MIN_SIZE``)."""
+DENSITY_REFERENCE_MIN_SIZE = 250_000
 
 
 class MissingSourceWarning(AlframeNote):
@@ -92,6 +98,12 @@ class XSSRStrategy(Strategy):
             approximate, for large pools) or ``"auto"`` (exact up to ``knn_exact_max_items``).
         knn_exact_max_items: the ``"auto"`` threshold.
         knn_probe: cells searched per cell by the cells method.
+        density_reference: where the density's neighbours come from: ``None`` = the whole
+            pool; an integer = a seeded subsample of that many pool items (search cost ÷
+            N / size; a smoothed estimate); ``"auto"`` = the whole pool up to
+            ``DENSITY_REFERENCE_MIN_ITEMS`` items, above it a subsample of
+            ``max(DENSITY_REFERENCE_MIN_SIZE, DENSITY_REFERENCE_FRACTION · N)`` items (accuracy
+            against the exact density: docs/benchmarks/selection_scaling.md).
         device: FAISS device for the exact kNN (``"cpu"``, ``"gpu"``, ``"auto"``).
 
     ``terms``: ``density``, ``novelty``, ``diversity`` (normalised, as they entered the score)
@@ -116,10 +128,12 @@ class XSSRStrategy(Strategy):
     knn_method: SelfKnnMethod = "auto"
     knn_exact_max_items: int = 20_000
     knn_probe: int = 4
+    density_reference: int | str | None = "auto"
     device: Device = "cpu"
 
     name: ClassVar[str] = "xssr"
     requires: ClassVar[frozenset[str]] = frozenset({"embeddings", "source_embeddings"})
+    supports_on_disk: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if isinstance(self.alpha, str):
@@ -160,8 +174,28 @@ class XSSRStrategy(Strategy):
             raise ConfigError(
                 f"xssr knn_method must be 'auto', 'exact' or 'cells', got {self.knn_method!r}"
             )
+        reference = self.density_reference
+        if (
+            reference is not None
+            and reference != "auto"
+            and (isinstance(reference, bool) or not isinstance(reference, int) or reference < 2)
+        ):
+            raise ConfigError(
+                f"xssr density_reference must be 'auto', null or an integer ≥ 2, got {reference!r}"
+            )
         if self.device not in ("cpu", "gpu", "auto"):
             raise ConfigError(f"xssr device must be 'cpu', 'gpu' or 'auto', got {self.device!r}")
+
+    def density_reference_size(self, n_items: int) -> int | None:
+        """Reference items of the density for a pool of ``n_items`` (None = the whole pool)."""
+        if self.density_reference == "auto":
+            if n_items <= DENSITY_REFERENCE_MIN_ITEMS:
+                return None
+            size = max(DENSITY_REFERENCE_MIN_SIZE, round(DENSITY_REFERENCE_FRACTION * n_items))
+            return None if size >= n_items else int(size)
+        if self.density_reference is None or int(self.density_reference) >= n_items:
+            return None
+        return int(self.density_reference)
 
     def _select(self, ctx: QueryContext, budget: int) -> Selection:
         embeddings, labelled = ctx.embeddings, ctx.labelled
@@ -172,6 +206,8 @@ class XSSRStrategy(Strategy):
         clock = time.perf_counter()
 
         if self.use_density:
+            reference_size = self.density_reference_size(n_items)
+            info["density_reference"] = reference_size
             density_raw = density(
                 embeddings,
                 k=self.density_k,
@@ -181,6 +217,7 @@ class XSSRStrategy(Strategy):
                 n_probe=self.knn_probe,
                 seed=ctx.seed,
                 device=self.device,
+                reference_size=reference_size,
             )
             density_hat = min_max_normalize(density_raw, candidates)
             info["density_k"] = min(self.density_k, max(n_items - 1, 0))

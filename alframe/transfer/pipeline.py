@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from alframe.errors import ConfigError, DataError
 from alframe.transfer.base import (
@@ -22,6 +24,9 @@ from alframe.transfer.gradients import gradient_ratio
 from alframe.transfer.scores import weighted_tau
 from alframe.transfer.sources import SourceModel, SourceSpec, load_source
 from alframe.transfer.targets import TargetSet
+
+if TYPE_CHECKING:
+    from alframe.inference import Hardware
 
 
 def _sample_pixels(
@@ -49,6 +54,57 @@ def _sample_pixels(
     return torch.cat(feats, dim=0), torch.as_tensor(labels, dtype=torch.long)
 
 
+class _FeatureItems(torch.utils.data.Dataset[dict[str, Any]]):
+    """Target images (and masks) with their positions: pixel sampling is seeded by position."""
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor | None) -> None:
+        self.images, self.masks = images, masks
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"image": self.images[index], "position": index}
+        if self.masks is not None:
+            item["mask"] = self.masks[index]
+        return item
+
+
+def _feature_rows(
+    _module: torch.nn.Module,
+    batch: Mapping[str, Any],
+    source: SourceModel,
+    want_logits: bool,
+    pixels_per_class: int,
+    seed: int,
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """One batch → per image ``(features, labels or logits or None)`` (a predict step).
+
+    ``source.module`` is the module the predict loop placed, so the features are computed on
+    this process's device. Pixel mode: the image's sampled pixel features (M_i, D) and labels
+    (M_i,); otherwise its pooled feature (1, D) and, when wanted, source logits (1, Z).
+    """
+    images = batch["image"]
+    fmap = source.feature_map(source.prepare(images))
+    positions = [int(p) for p in batch["position"]]
+    out: list[tuple[np.ndarray, np.ndarray | None]] = []
+    if "mask" in batch:
+        masks = batch["mask"]
+        for b, position in enumerate(positions):
+            rows, ys = _sample_pixels(
+                fmap[b : b + 1], masks[b : b + 1], pixels_per_class, [seed * 100_003 + position]
+            )
+            out.append((rows.float().cpu().numpy(), ys.numpy()))
+        return out
+    pooled = fmap.float().mean(dim=(2, 3)).cpu().numpy()
+    logits = (
+        source.logits_fn(fmap).float().cpu().numpy() if want_logits and source.logits_fn else None
+    )
+    for b in range(len(positions)):
+        out.append((pooled[b : b + 1], None if logits is None else logits[b : b + 1]))
+    return out
+
+
 @dataclass
 class CandidateInputs:
     """What was computed for one candidate, plus facts for the report."""
@@ -67,6 +123,7 @@ def compute_inputs(
     conv_layers: tuple[str, str] | None = None,
     pixels_per_class: int = 8,
     seed: int = 0,
+    hardware: Hardware | None = None,
 ) -> CandidateInputs:
     """Features / source logits / FU of one candidate on the target, as the scores need.
 
@@ -80,6 +137,10 @@ def compute_inputs(
         conv_layers: FU layer pair by module name (default: first two convs executed).
         pixels_per_class: ``pixels`` targets: positions sampled per class and image.
         seed: seed of the FU batch order and of the pixel sampling.
+        hardware: run the feature pass in Lightning's predict loop on this hardware
+            (:class:`alframe.inference.Hardware`; several processes each take whole batches,
+            rank 0 puts the rows back in order: the same features as one process). None: here,
+            where the module is. FU (gradients) always runs here.
 
     Returns:
         The candidate's :class:`CandidateInputs` (features float32).
@@ -93,31 +154,36 @@ def compute_inputs(
     labels = target.labels
     module = source.module.eval()
     if "features" in needs or "source_logits" in needs:
-        feats: list[np.ndarray] = []
-        outs: list[np.ndarray] = []
-        pixel_labels: list[np.ndarray] = []
-        with torch.no_grad():
-            for start in range(0, n, batch_size):
-                batch = source.prepare(images[start : start + batch_size])
-                fmap = source.feature_map(batch)
-                if masks is not None:
-                    rows, ys = _sample_pixels(
-                        fmap,
-                        masks[start : start + batch_size],
-                        pixels_per_class,
-                        [seed * 100_003 + i for i in range(start, start + batch.shape[0])],
+        want_logits = "source_logits" in needs and source.logits_fn is not None
+        items = _FeatureItems(images, masks)
+        step = partial(
+            _feature_rows,
+            source=source,
+            want_logits=want_logits,
+            pixels_per_class=pixels_per_class,
+            seed=seed,
+        )
+        if hardware is None:
+            with torch.no_grad():
+                rows = [
+                    row
+                    for start in range(0, n, batch_size)
+                    for row in step(
+                        module,
+                        default_collate(
+                            [items[i] for i in range(start, min(start + batch_size, n))]
+                        ),
                     )
-                    feats.append(rows.float().numpy())
-                    pixel_labels.append(ys.numpy())
-                    continue
-                feats.append(fmap.float().mean(dim=(2, 3)).numpy())
-                if "source_logits" in needs and source.logits_fn is not None:
-                    outs.append(source.logits_fn(fmap).float().numpy())
-        features = np.concatenate(feats).astype(np.float32)
+                ]
+        else:
+            from alframe.inference import predict_rows
+
+            rows, _ = predict_rows(module, step, items, hardware, batch_size=batch_size)
+        features = np.concatenate([r[0] for r in rows]).astype(np.float32)
         if masks is not None:
-            labels = np.concatenate(pixel_labels)
-        if outs:
-            logits = np.concatenate(outs).astype(np.float32)
+            labels = np.concatenate([r[1] for r in rows])
+        elif want_logits:
+            logits = np.concatenate([r[1] for r in rows]).astype(np.float32)
         info["feature_dim"] = int(features.shape[1])
     ratio = None
     if "gradient_ratio" in needs:
