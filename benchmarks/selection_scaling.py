@@ -926,25 +926,7 @@ def main(argv: list[str] | None = None) -> int:
                         "save_picks": disk_picks if dtype == "float32" else None,
                         "reference_picks": disk_picks if dtype == "float16" else None,
                     }
-                    started = time.perf_counter()
-                    result = run_in_subprocess(disk_config, args.timeout)
-                    for key in ("save_picks", "reference_picks", "path"):
-                        result.pop(key, None)
-                    report["results"].append(result)
-                    status = result.get("error") or (
-                        f"{fmt_seconds(result.get('seconds'))} s, peak RSS "
-                        f"{result['peak_rss_bytes'] / GIB:.2f} GiB"
-                    )
-                    print(
-                        f"[{time.strftime('%H:%M:%S')}] N={size:>9,} {data:<9} {method:<18} "
-                        f"{status} (wall {time.perf_counter() - started:.0f} s)",
-                        flush=True,
-                    )
-                    if args.merge_into:
-                        write_report(merge_reports(args.merge_into, report), args.merge_into)
-                    else:
-                        stem = "selection_scaling_quick" if args.quick else "selection_scaling"
-                        write_report(report, args.out_dir / f"{stem}.json")
+                    run_and_record(disk_config, args, report)
                     continue
                 config = {
                     "method": method,
@@ -959,27 +941,31 @@ def main(argv: list[str] | None = None) -> int:
                     "save_picks": picks_file if method == "coreset" else None,
                     "reference_picks": picks_file,
                 }
-                started = time.perf_counter()
-                result = run_in_subprocess(config, args.timeout)
-                for key in ("save_picks", "reference_picks"):
-                    result.pop(key, None)
-                report["results"].append(result)
-                status = result.get("error") or (
-                    f"{fmt_seconds(result.get('seconds'))} s, peak RSS "
-                    f"{result['peak_rss_bytes'] / GIB:.2f} GiB"
-                )
-                print(
-                    f"[{time.strftime('%H:%M:%S')}] N={size:>9,} {data:<9} {method:<18} {status} "
-                    f"(wall {time.perf_counter() - started:.0f} s)",
-                    flush=True,
-                )
-                # Write as we go so that an interrupted run still leaves its numbers.
-                if args.merge_into:
-                    write_report(merge_reports(args.merge_into, report), args.merge_into)
-                else:
-                    stem = "selection_scaling_quick" if args.quick else "selection_scaling"
-                    write_report(report, args.out_dir / f"{stem}.json")
+                run_and_record(config, args, report)
     return 0
+
+
+def run_and_record(config: dict[str, Any], args: Any, report: dict[str, Any]) -> None:
+    """Run one configuration in its own process, print one line and write the report so far
+    (an interrupted run still leaves its numbers)."""
+    started = time.perf_counter()
+    result = run_in_subprocess(config, args.timeout)
+    for key in ("save_picks", "reference_picks", "path"):
+        result.pop(key, None)
+    report["results"].append(result)
+    status = result.get("error") or (
+        f"{fmt_seconds(result.get('seconds'))} s, peak RSS {result['peak_rss_bytes'] / GIB:.2f} GiB"
+    )
+    print(
+        f"[{time.strftime('%H:%M:%S')}] N={config['size']:>9,} {config['data']:<9} "
+        f"{config['method']:<18} {status} (wall {time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
+    if args.merge_into:
+        write_report(merge_reports(args.merge_into, report), args.merge_into)
+    else:
+        stem = "selection_scaling_quick" if args.quick else "selection_scaling"
+        write_report(report, args.out_dir / f"{stem}.json")
 
 
 def result_key(result: dict[str, Any]) -> tuple[int, str, str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_scoring import naive_k_center
 
 from alframe import strategies
 from alframe._rows import NpyRowWriter, OnDiskRows
@@ -19,26 +20,6 @@ from alframe.types import QueryContext
 N_ITEMS, DIM = 2_000, 16
 CHUNK = 333  # does not divide N
 SMALL_RESIDENT = 64 * 1024  # forces many page releases on these tiny files
-
-
-def naive_k_center(points: np.ndarray, labelled: np.ndarray, budget: int, first: int | None):
-    """Textbook farthest-first traversal in float64, one full distance pass per centre."""
-    x = points.astype(np.float64)
-    nearest = np.full(len(x), np.inf)
-    for centre in np.flatnonzero(labelled):
-        nearest = np.minimum(nearest, ((x - x[centre]) ** 2).sum(1))
-    taken = labelled.copy()
-    picks: list[int] = []
-    for step in range(budget):
-        pick = (
-            first
-            if step == 0 and first is not None
-            else int(np.argmax(np.where(taken, -np.inf, nearest)))
-        )
-        picks.append(pick)
-        taken[pick] = True
-        nearest = np.minimum(nearest, ((x - x[pick]) ** 2).sum(1))
-    return picks, np.sqrt(nearest)
 
 
 @pytest.fixture(scope="module")
