@@ -576,6 +576,9 @@ def test_watch_retrains_pushes_and_stops_cleanly_on_ctrl_c(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A shell's background job (`pytest ... &`) ignores SIGINT, and so would the watcher,
+        # which would then never see the Ctrl-C below: give it the default disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         primaries = {}

@@ -113,7 +113,7 @@ def make_datamodule(recipe: Recipe, samples: dict[str, Sample], labels: dict[str
     Validation is ``data.val`` when the recipe sets it, else a seeded ``data.val_fraction`` of
     the labelled groups; evaluation sets are the recipe's ``data.evaluate``.
     """
-    from alframe.data.dataset import SegmentationDataModule
+    from alframe.data.datamodule import SegmentationDataModule
     from alframe.data.splits import grouped_holdout
 
     dataset_class = _label_dataset_class()

@@ -34,6 +34,18 @@ def ranker_list() -> str:
     return "\n".join(lines)
 
 
+def _epilog_on_help(parser: argparse.ArgumentParser, make_epilog: Any) -> None:
+    """Sets ``parser``'s epilog when its help is shown: listing the rankers imports torch
+    (seconds), which every other command (``round status``, ``round push``...) should not pay."""
+    show_help = parser.format_help
+
+    def format_help() -> str:
+        parser.epilog = make_epilog()
+        return show_help()
+
+    parser.format_help = format_help  # type: ignore[method-assign]
+
+
 def add_commands(sub: Any) -> None:
     """Add the ``rank`` and ``adapt`` sub-commands to the CLI's sub-parser group."""
     rank = sub.add_parser(
@@ -47,9 +59,9 @@ def add_commands(sub: Any) -> None:
             "and ranked last. With --labels, also reports the true Dice per model and "
             "Pearson / Spearman / Kendall correlations of every score with it."
         ),
-        epilog="rankers (--method NAME):\n" + ranker_list(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _epilog_on_help(rank, lambda: "rankers (--method NAME):\n" + ranker_list())
     rank.add_argument("--checkpoints", "-c", nargs="+", required=True, metavar="PATH")
     rank.add_argument("--images", "-i", required=True, help="folder of target images (or images/)")
     rank.add_argument("--labels", help="folder of target masks (validation only)")

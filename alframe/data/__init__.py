@@ -30,12 +30,17 @@ from alframe.data.synthetic import synthetic_recipe_dict, write_synthetic_datase
 from alframe.data.transforms import build_step, build_transforms, normalize_intensity
 
 if TYPE_CHECKING:
-    from alframe.data.dataset import IGNORE_INDEX, SegmentationDataModule, SegmentationDataset
+    from alframe.data.datamodule import SegmentationDataModule
+    from alframe.data.dataset import IGNORE_INDEX, SegmentationDataset
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
     globals(),
-    {name: "dataset" for name in ("IGNORE_INDEX", "SegmentationDataModule", "SegmentationDataset")},
+    {
+        "IGNORE_INDEX": "dataset",
+        "SegmentationDataset": "dataset",
+        "SegmentationDataModule": "datamodule",
+    },
 )
 
 
