@@ -621,6 +621,54 @@ def _scores_from_diversity(
     return scores, low, width
 
 
+def near_tie_threshold(
+    top: float, best_distance: float, width: float, norm_scale: float
+) -> np.float32:
+    """The float32 score above which a candidate may tie the best one within rounding error.
+
+    A squared-distance error ε ≈ NEAR_TIE_RELATIVE·‖x‖² becomes ε / (2δ) on δ and
+    ε / (2δ·width) on δ̂; the slope of the score in δ̂ is at most 1.
+
+    Args:
+        top: the best float32 score.
+        best_distance: δ of the best candidate.
+        width: the δ̂ normalisation width (≤ 0: degenerate).
+        norm_scale: max ‖x‖² over the pool.
+    """
+    safe_width = width if width > 0 else 1.0
+    tolerance = NEAR_TIE_RELATIVE * norm_scale / (2.0 * max(best_distance, 1e-12) * safe_width)
+    tolerance += 1e-6 * (abs(top) + 1.0)  # float32 rounding of the score itself
+    return np.float32(top - tolerance)
+
+
+def exact_best_of(
+    near: np.ndarray,
+    run: int,
+    low: float,
+    width: float,
+    exact_centres: ExactCentres,
+    density_hat: np.ndarray,
+    novelty_hat: np.ndarray,
+    alpha: float,
+    combine: Combine,
+) -> int:
+    """The row among ``near`` with the best float64 score (exact δ; ties → first in ``near``).
+
+    Args:
+        near: (k,) ascending candidate rows within rounding error of the best score.
+        run: which run of ``exact_centres``.
+        low, width: the δ̂ normalisation of the step (width ≤ 0: δ̂ ≡ 1).
+    """
+    diversity = np.sqrt(exact_centres.min_squared(run, near))
+    diversity_hat = (diversity - low) / width if width > 0 else 1.0
+    density, novelty = density_hat[near], novelty_hat[near]
+    if combine == "mul":
+        exact = density * (alpha * novelty + (1.0 - alpha) * diversity_hat)
+    else:
+        exact = density + alpha * novelty + (1.0 - alpha) * diversity_hat
+    return int(near[int(np.argmax(exact))])
+
+
 def _refine_xssr_near_ties(
     scores: np.ndarray,
     picks: np.ndarray,
@@ -635,30 +683,27 @@ def _refine_xssr_near_ties(
     combine: Combine,
 ) -> None:
     """Re-ranks, in float64, the candidates whose float32 score is within rounding error of
-    each run's best (updates ``picks`` in place; ties → lowest index).
-
-    A squared-distance error ε ≈ NEAR_TIE_RELATIVE·‖x‖² becomes ε / (2δ) on δ and
-    ε / (2δ·width) on δ̂; the slope of the score in δ̂ is at most 1.
-    """
-    run_index = np.arange(scores.shape[0])
-    tops = scores[run_index, picks].astype(np.float64)
-    best_distance = np.maximum(distances[run_index, picks].astype(np.float64), 1e-12)
-    safe_width = np.where(width > 0, width, 1.0)
-    tolerance = NEAR_TIE_RELATIVE * norm_scale / (2.0 * best_distance * safe_width)
-    tolerance += 1e-6 * (np.abs(tops) + 1.0)  # float32 rounding of the score itself
-    thresholds = (tops - tolerance).astype(np.float32)
-    near_counts = np.count_nonzero(scores >= thresholds[:, None], axis=1)
-    for run in np.flatnonzero((near_counts >= 2) & (near_counts <= NEAR_TIE_MAX_ROWS)):
-        near = np.flatnonzero(scores[run] >= thresholds[run])
-        diversity = np.sqrt(exact_centres.min_squared(int(run), near))
-        diversity_hat = (diversity - low[run]) / width[run] if width[run] > 0 else 1.0
-        alpha = float(alphas[run])
-        density, novelty = density_hat[near], novelty_hat[near]
-        if combine == "mul":
-            exact = density * (alpha * novelty + (1.0 - alpha) * diversity_hat)
-        else:
-            exact = density + alpha * novelty + (1.0 - alpha) * diversity_hat
-        picks[run] = near[int(np.argmax(exact))]
+    each run's best (updates ``picks`` in place; ties → lowest index)."""
+    for run in range(scores.shape[0]):
+        threshold = near_tie_threshold(
+            float(scores[run, picks[run]]),
+            float(distances[run, picks[run]]),
+            float(width[run]),
+            norm_scale,
+        )
+        near = np.flatnonzero(scores[run] >= threshold)
+        if 2 <= near.size <= NEAR_TIE_MAX_ROWS:
+            picks[run] = exact_best_of(
+                near,
+                run,
+                float(low[run]),
+                float(width[run]),
+                exact_centres,
+                density_hat,
+                novelty_hat,
+                float(alphas[run]),
+                combine,
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -695,6 +740,7 @@ def xssr_greedy(
     alphas: Sequence[float] | np.ndarray,
     combine: Combine = "mul",
     blas_threads: int | None = GREEDY_BLAS_THREADS,
+    method: Literal["auto", "eager", "lazy"] = "auto",
 ) -> XssrGreedyResult:
     """XSSR greedy selection for one or several alphas at once (docs/methods/xssr.md).
 
@@ -710,13 +756,23 @@ def xssr_greedy(
         alphas: R values in [0, 1].
         combine: ``"mul"`` or ``"add"``.
         blas_threads: BLAS threads during the loop (``None`` = leave the setting alone).
+        method: ``"eager"``: δ of every item updated after each pick (one pass per pick, all
+            alphas in lock-step); ``"lazy"`` (one alpha only): new centres applied to the pool
+            in blocks, exact values only where a pick needs them
+            (:mod:`alframe.scoring.lazy_xssr`); ``"auto"`` (default): lazy for one alpha,
+            eager for several. Both give the same picks, up to float32 near-ties.
 
     Returns:
-        Per-alpha picks, pick-time terms and final coverage. Cost: ``budget + 1`` passes over
-        ``embeddings`` in total (not per alpha) plus O(R·N) vector work per pick.
+        Per-alpha picks, pick-time terms and final coverage. Cost (eager): ``budget + 1``
+        passes over ``embeddings`` in total (not per alpha) plus O(R·N) vector work per pick;
+        lazy: about one pass per block of up to 32 picks plus O(N) vector work per pick.
     """
+    if method not in ("auto", "eager", "lazy"):
+        raise ConfigError(f"xssr greedy method must be auto, eager or lazy, got {method!r}")
     with blas_thread_limit(blas_threads):
-        return _xssr_greedy(embeddings, labelled, budget, density_hat, novelty_hat, alphas, combine)
+        return _xssr_greedy(
+            embeddings, labelled, budget, density_hat, novelty_hat, alphas, combine, method
+        )
 
 
 def _xssr_greedy(
@@ -727,6 +783,7 @@ def _xssr_greedy(
     novelty_hat: np.ndarray,
     alphas: Sequence[float] | np.ndarray,
     combine: Combine,
+    method: str = "auto",
 ) -> XssrGreedyResult:
     labelled = _check_inputs(embeddings, labelled, budget)
     alpha_array = np.asarray(list(alphas), dtype=np.float64)
@@ -741,6 +798,25 @@ def _xssr_greedy(
         if np.shape(term) != (n_items,) or not np.all(np.isfinite(term)):
             raise DataError(f"{name} must be ({n_items},) finite values")
     n_runs = alpha_array.size
+    if method == "lazy" and n_runs > 1:
+        raise ConfigError("the lazy XSSR greedy runs one alpha; use method='eager' for several")
+    if method == "lazy" or (method == "auto" and n_runs == 1):
+        from alframe.scoring.lazy_xssr import lazy_xssr_greedy
+
+        static, slope = _affine_parts(density_hat, novelty_hat, alpha_array, combine)
+        static[:, labelled] = -np.inf
+        result, _ = lazy_xssr_greedy(
+            embeddings,
+            labelled,
+            budget,
+            np.asarray(density_hat),
+            np.asarray(novelty_hat),
+            float(alpha_array[0]),
+            combine,
+            static[0],
+            np.broadcast_to(slope, (1, n_items))[0].copy(),
+        )
+        return result
     state = CoverageState(embeddings, labelled, n_runs=n_runs)
     picks = np.empty((n_runs, budget), dtype=np.int64)
     pick_scores = np.empty((n_runs, budget), dtype=np.float64)
