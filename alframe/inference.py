@@ -42,7 +42,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from alframe._dist import world_size
 from alframe.errors import ConfigError, ModelError
 
-__all__ = ["Hardware", "PredictStep", "hardware_for_devices", "predict_rows"]
+__all__ = [
+    "Hardware",
+    "PredictStep",
+    "hardware_for_devices",
+    "hardware_unless_here",
+    "predict_rows",
+]
 
 PredictStep = Callable[[nn.Module, Any], Any]
 """``step(module, batch) -> rows``: a (b, ...) tensor or array for a collated batch of b items,
@@ -154,6 +160,39 @@ def hardware_for_devices(spec: Any = "auto") -> Hardware:
             "GPU once"
         )
     return Hardware("gpu", ids, "ddp_spawn" if len(ids) > 1 else "auto")
+
+
+def hardware_unless_here(spec: Any, here: torch.device | str) -> Hardware | None:
+    """:func:`hardware_for_devices` of a devices request, or None when that is one process on
+    ``here``, the device the model already is on.
+
+    For passes that can run either in this process or in the predict loop (RPG pseudo-labels,
+    source-selection features): the same rows either way, so a request that changes nothing
+    (``auto`` on a machine without a GPU, ``cpu`` for a model on the CPU) skips setting up a
+    Trainer, and any other request (several devices, a torchrun / SLURM launch, another device)
+    is honoured.
+
+    Args:
+        spec: an ``embed.devices`` / ``pseudolabel.devices`` / ``--devices`` request.
+        here: the model's device.
+
+    Returns:
+        The hardware to pass as ``hardware=``, or None (run here).
+
+    Raises:
+        ModelError: see :func:`hardware_for_devices`.
+    """
+    hardware = hardware_for_devices(spec)
+    device = torch.device(here)
+    if hardware.strategy != "auto" or hardware.num_nodes != 1 or hardware.device_count != 1:
+        return hardware
+    if hardware.accelerator == "cpu" and device.type == "cpu":
+        return None
+    if hardware.accelerator == "gpu" and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if hardware.devices in ((index,), index):
+            return None
+    return hardware
 
 
 # ----------------------------------------------------------------------------------------------

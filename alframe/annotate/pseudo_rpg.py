@@ -128,20 +128,27 @@ def pseudo_label_project(
     checkpoint: str | os.PathLike[str] | None = "latest",
     batch_size: int = 8,
     allow_degenerate: bool = False,
+    devices: Any = None,
 ) -> ProjectPseudoLabels:
     """Pseudo-label every unlabelled pool item of ``project`` with RPG and record the labels.
 
-    Matching options come from the recipe's ``pseudolabel.rpg`` section. Before anything is
-    recorded, the model's own predictions on the items are checked by the label-free
-    degenerate-model guard (all foreground, all background, the same mask for every image): a
-    degenerate model's pseudo-labels would only teach its mistake. The outcome reports the
-    pseudo-labels' estimated Dice (k-fold over the human-labelled references) as their quality.
+    Matching options come from the recipe's ``pseudolabel.rpg`` section, and where the pool is
+    labelled from ``devices`` or ``pseudolabel.devices`` (several devices: Lightning's predict
+    loop, the same labels; the model's own predictions and the reference folds stay in this
+    process). Before anything is recorded, the model's own predictions on the items are checked
+    by the label-free degenerate-model guard (all foreground, all background, the same mask for
+    every image): a degenerate model's pseudo-labels would only teach its mistake. The outcome
+    reports the pseudo-labels' estimated Dice (k-fold over the human-labelled references) as
+    their quality.
 
     Args:
         project: the open project (writable).
         checkpoint: ``"latest"`` (the latest ``round train`` model), or a checkpoint file.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (and process, with several
+            ``pseudolabel.devices``).
         allow_degenerate: record the pseudo-labels of a degenerate model anyway.
+        devices: where the items are labelled, spelled as ``embed.devices`` (``round
+            pseudolabel --devices``); None: the recipe's ``pseudolabel.devices``.
 
     Returns:
         :class:`ProjectPseudoLabels`.
@@ -151,13 +158,14 @@ def pseudo_label_project(
             model is degenerate (unless ``allow_degenerate``).
     """
     import torch
-    from torch.utils.data import DataLoader
 
     from alframe.annotate.training import _label_dataset_class
     from alframe.data.dataset import SegmentationDataset
     from alframe.data.io import read_image
+    from alframe.inference import hardware_unless_here
     from alframe.models import load_task
     from alframe.pseudolabel.features import DecoderFeatures
+    from alframe.pseudolabel.pool import model_device, pseudo_label_batches
     from alframe.pseudolabel.rpg import RPGOptions, RPGPseudoLabeller
     from alframe.ranking.guard import DegenerateGuard, ProfileAccumulator
 
@@ -174,6 +182,10 @@ def pseudo_label_project(
     recipe = project.recipe
     samples = project.samples()
     task = load_task(model_file)
+    # Several devices label the pool in the predict loop (the same labels); devices this
+    # machine lacks fail here, before any work.
+    requested = recipe.pseudolabel.devices if devices is None else devices
+    hardware = hardware_unless_here(requested, model_device(task))
 
     references = [replace(samples[i], mask_path=labels[i]) for i in sorted(labels)]
     ref_set = _label_dataset_class()(
@@ -197,14 +209,12 @@ def pseudo_label_project(
     # Pool images only: their mask files (if any) are never read for pseudo-labelling.
     target_samples = [replace(samples[i], mask_path=None) for i in targets]
     dataset = SegmentationDataset(target_samples, recipe.data, recipe.augment.eval, train=False)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     produced: dict[str, np.ndarray] = {}
     confidences: list[float] = []
     agreements: list[np.ndarray] = []
     profile: ProfileAccumulator | None = ProfileAccumulator()
     position = 0
-    for batch in loader:
-        pseudo = labeller.predict(batch["image"])
+    for batch, pseudo in pseudo_label_batches(labeller, dataset, batch_size, hardware):
         with torch.no_grad():
             proba = task.predict_proba(batch["image"]).cpu().numpy()
         if profile is not None:

@@ -5,6 +5,57 @@ from __future__ import annotations
 import argparse
 
 
+def devices_option(text: str | None) -> int | str | None:
+    """The value of a ``--devices`` option as a device request, spelled as ``embed.devices``.
+
+    Only the spelling is checked here; whether the devices exist is checked by the command
+    (:func:`alframe.inference.hardware_for_devices`) before any work.
+
+    Args:
+        text: the option's value (None when absent and the command has no default).
+
+    Returns:
+        A count for digits (``"2"`` → 2), else the text; None for None.
+
+    Raises:
+        ConfigError: an unknown spelling (the message lists the accepted ones).
+    """
+    from alframe.config.schema import check_device_spelling
+    from alframe.errors import ConfigError
+
+    if text is None:
+        return None
+    value: int | str = int(text) if text.strip().isdigit() else text
+    try:
+        check_device_spelling(value)
+    except ValueError as err:
+        raise ConfigError(f"--devices {text}: {err}") from None
+    return value
+
+
+def add_devices_argument(
+    parser: argparse.ArgumentParser, sharing: str, default: str | None = "auto"
+) -> None:
+    """Adds ``--devices`` to a sub-command: the one definition every command that runs
+    inference over several devices shares (``rank``, ``rank-sources``, ``round pseudolabel``);
+    the handler reads it with :func:`devices_option`.
+
+    Args:
+        parser: the sub-command's parser.
+        sharing: how the work is shared out and what stays the same, for the help text
+            (e.g. ``"each scoring whole models one at a time; scores do not depend on the
+            device count"``); it may end with a default of its own.
+        default: the value without the option (None: the command's own default, which
+            ``sharing`` should name).
+    """
+    parser.add_argument(
+        "--devices",
+        default=default,
+        help="auto (every GPU, else CPU; under torchrun / SLURM every process takes its share), "
+        f"all, a count, cpu, cuda:1, or several: cuda:0,cuda:1 (one process per device, {sharing})",
+    )
+
+
 def quiet_lightning() -> None:
     """Silence Lightning's per-run INFO lines ("GPU available: False", tips) on the command line.
 

@@ -8,7 +8,7 @@
     alframe round import DIR --from PATH [--annotator A] [--replace]
     alframe project connect / round push / round sync / round watch   (alframe.cli.labelstudio)
     alframe round status DIR [--json] [--report]
-    alframe round pseudolabel DIR [--checkpoint latest|PATH]
+    alframe round pseudolabel DIR [--checkpoint latest|PATH] [--devices D]
     alframe round train DIR [--pseudo-labels]
     alframe export nnunet DIR OUT [--dataset-id N]
 """
@@ -19,6 +19,8 @@ import argparse
 import json
 import sys
 from typing import Any
+
+from alframe.cli.commands import add_devices_argument
 
 
 def _notes(project: Any) -> None:
@@ -180,11 +182,13 @@ def cmd_round_status(args: argparse.Namespace) -> int:
 
 def cmd_round_pseudolabel(args: argparse.Namespace) -> int:
     from alframe.annotate import open_project, pseudo_label_project
+    from alframe.cli.commands import devices_option
 
+    devices = devices_option(args.devices)
     with open_project(args.dir) as project:
         _notes(project)
         result = pseudo_label_project(
-            project, args.checkpoint, allow_degenerate=args.allow_degenerate
+            project, args.checkpoint, allow_degenerate=args.allow_degenerate, devices=devices
         )
     print(
         f"recorded {result.n_recorded} pseudo-labels from {result.n_references} labelled "
@@ -359,6 +363,12 @@ def add_commands(sub: Any) -> None:
         "--allow-degenerate",
         action="store_true",
         help="record pseudo-labels even when the model predicts one mask for everything",
+    )
+    add_devices_argument(
+        pseudo,
+        "each labelling whole batches of items; the labels do not depend on the device count; "
+        "default: the recipe's pseudolabel.devices",
+        default=None,
     )
     pseudo.set_defaults(handler=cmd_round_pseudolabel)
 

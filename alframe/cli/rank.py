@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from alframe.cli.commands import add_devices_argument
+
 __all__ = ["add_commands", "cmd_adapt", "cmd_rank"]
 
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -105,12 +107,9 @@ def add_commands(sub: Any) -> None:
     rank.add_argument("--source", help="labelled source folder (images/ + masks/) for source-dice")
     rank.add_argument("--image-size", type=int, default=None, help="override the input size")
     rank.add_argument("--batch-size", type=int, default=16, help="images per pass and device")
-    rank.add_argument(
-        "--devices",
-        default="auto",
-        help="auto (every GPU, else CPU; under torchrun / SLURM every process takes its share), "
-        "cpu, cuda:1, or several: cuda:0,cuda:1 (one process per device, each scoring whole "
-        "models one at a time; scores do not depend on the device count)",
+    add_devices_argument(
+        rank,
+        "each scoring whole models one at a time; scores do not depend on the device count",
     )
     rank.add_argument("--out", "-o", default="alframe_rank", help="folder for CSV / JSON / plot")
     rank.add_argument("--no-track", action="store_true", help="do not log to MLflow")
@@ -209,7 +208,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
             "note: --perturbation / --strength / --dropout-p set the cte-* rankers only; "
             f"{', '.join(names)} keep their own settings (add e.g. --method cte-ei)"
         )
-    from alframe.cli.commands import quiet_lightning
+    from alframe.cli.commands import devices_option, quiet_lightning
     from alframe.parallel import resolve_devices
     from alframe.ranking import (
         display_names,
@@ -221,8 +220,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
     )
 
     quiet_lightning()
-    resolve_devices(args.devices)  # a bad request fails before any model is read
-    devices = args.devices
+    devices = devices_option(args.devices)
+    resolve_devices(devices)  # a bad request fails before any model is read
     predictors = [load_predictor(path) for path in args.checkpoints]
     for predictor, name in zip(predictors, display_names(args.checkpoints), strict=True):
         predictor.name = name

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from alframe.cli.commands import add_devices_argument
 from alframe.errors import ConfigError, DataError
 
 _EPILOG = """\
@@ -68,6 +69,11 @@ def add_commands(sub: Any) -> None:
     parser.add_argument(
         "--fu-layers", metavar="FIRST,SECOND", help="FU conv pair by module name (default: auto)"
     )
+    add_devices_argument(
+        parser,
+        "each computing the features of whole batches of target images; the features do not "
+        "depend on the device count",
+    )
     parser.add_argument("--out", "-o", help="write the ranking as .csv or .json")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=cmd_rank_sources)
@@ -118,6 +124,12 @@ def cmd_rank_sources(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).suffix.lower() not in {".csv", ".json"}:
         raise ConfigError(f"--out {args.out}: use a .csv or .json file name")
     truth = _read_truth(args.truth) if args.truth else None
+    from alframe.cli.commands import devices_option, quiet_lightning
+    from alframe.inference import hardware_for_devices
+
+    devices = devices_option(args.devices)
+    quiet_lightning()
+    hardware_for_devices(devices)  # devices this machine lacks fail before any model is read
     from alframe.transfer.sources import parse_spec
 
     specs = [parse_spec(spec) for spec in args.models]  # missing files fail before any work
@@ -142,7 +154,12 @@ def cmd_rank_sources(args: argparse.Namespace) -> int:
         leave_one_out=args.leave_one_out,
         conv_layers=conv_layers,
         progress=not args.no_progress,
+        devices=devices,
     )
+    from alframe._dist import is_global_zero
+
+    if not is_global_zero():
+        return 0  # under torchrun / SLURM every process has the ranking; one prints and writes it
     rows = ranking.as_rows()
     print(
         f"target: {args.target} ({len(target)} images, {len(set(target.labels.tolist()))} "

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import sys
+import types
+import typing
 from typing import Any
 
 from pydantic import BaseModel
@@ -27,6 +29,10 @@ def _link_docs_pages(text: str) -> str:
 
 
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        # One spelling for every union: str() writes Union[...] as soon as a member (such as a
+        # Literal) is not a class.
+        return " or ".join(_type_name(arg) for arg in typing.get_args(annotation))
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     if text is None:
         text = str(annotation)

@@ -14,6 +14,41 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 _DEVICE_NAME = re.compile(r"auto|all|cpu|gpu|cuda(:\d+)?")
 
 
+def check_device_spelling(value: int | str | list[str]) -> int | str | list[str]:
+    """Checks the spelling of a device request (``embed.devices``, ``--devices``, ...).
+
+    Only the spelling: which devices exist is known on the machine
+    (:func:`alframe.inference.hardware_for_devices` says so when one is missing).
+
+    Args:
+        value: a count, or a name (``auto``, ``all``, ``cpu``, ``gpu``, ``cuda``, ``cuda:N``)
+            or several (comma-separated string or list).
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        ValueError: a count below 1, an empty list or an unknown name (the message lists the
+            accepted spellings).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"devices must be a count, a device name or a list of them, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"a device count must be >= 1, got {value}")
+        return value
+    names = value.split(",") if isinstance(value, str) else value
+    if not names:
+        raise ValueError("an empty device list; use 'auto' or name at least one device")
+    for name in names:
+        if not isinstance(name, str) or not _DEVICE_NAME.fullmatch(name.strip().lower()):
+            raise ValueError(
+                f"unknown device {name!r}; use auto, all, a count, cpu, cuda, cuda:N or a list "
+                "of them"
+            )
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -297,25 +332,28 @@ class EmbedConfig(_Strict):
         description="dtype of the embedding cache on disk; float16 halves disk and page cache "
         "(selection then runs on the rounded values)",
     )
+    memory_map: bool | Literal["auto"] = Field(
+        "auto",
+        description="select from the cached pool embedding as a memory-mapped store, read in row "
+        "chunks (coreset, xssr; other strategies read it into RAM, with a note): true, false, or "
+        "auto = when its file is larger than a quarter of the available memory. A reading "
+        "option: the picks and the cache key stay the same (docs/scaling.md)",
+    )
     mae: MAEConfig = MAEConfig()
 
     @field_validator("devices")
     @classmethod
     def _device_names(cls, value: int | str | list[str]) -> int | str | list[str]:
-        # Only the spelling is checked here: which devices exist is known on the machine.
-        if isinstance(value, int):
-            if value < 1:
-                raise ValueError(f"a device count must be >= 1, got {value}")
+        return check_device_spelling(value)
+
+    @field_validator("memory_map", mode="before")
+    @classmethod
+    def _memory_map_value(cls, value: Any) -> Any:
+        # Before pydantic's own bool parsing, which would also take "yes", "on", 1, ...: the
+        # three documented values only, and a message that names them.
+        if isinstance(value, bool) or value == "auto":
             return value
-        names = value.split(",") if isinstance(value, str) else value
-        if not names:
-            raise ValueError("an empty device list; use 'auto' or name at least one device")
-        for name in names:
-            if not _DEVICE_NAME.fullmatch(name.strip().lower()):
-                raise ValueError(
-                    f"unknown device {name!r}; use auto, all, cpu, cuda, cuda:N or a list of them"
-                )
-        return value
+        raise ValueError(f"expected auto, true or false, got {value!r}")
 
 
 class SelectConfig(_Strict):
@@ -386,7 +424,19 @@ class PseudoLabelConfig(_Strict):
     store: bool = Field(
         True, description="pseudo-label the unlabelled pool after each round and keep it"
     )
+    devices: int | str | list[str] = Field(
+        "auto",
+        description="where the stored pool pseudo-labels (and `alframe round pseudolabel`) are "
+        "computed, spelled as embed.devices; several devices = one process each in Lightning's "
+        "predict loop, the same labels as one process; one device: here, where the model is "
+        "(docs/scaling.md)",
+    )
     rpg: RPGConfig = RPGConfig()
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names(cls, value: int | str | list[str]) -> int | str | list[str]:
+        return check_device_spelling(value)
 
 
 class Recipe(_Strict):

@@ -11,6 +11,8 @@ requested key or with its array is *refused* with :class:`StateError` — never 
 Pools larger than RAM: :meth:`EmbeddingCache.writer` stores an entry batch by batch (the matrix
 is never whole in memory) and ``get_entry(key, mmap=True)`` opens it as an
 :class:`alframe._rows.OnDiskRows` memory-mapped store that CoreSet and XSSR read in chunks.
+:func:`wants_memory_map` decides, for the recipe key ``embed.memory_map``, whether an entry is
+opened that way.
 
 Only NumPy and the standard library are imported, so strategies can read caches cheaply.
 """
@@ -23,7 +25,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,6 +33,59 @@ from alframe._rows import NpyRowWriter, OnDiskRows, storage_dtype
 from alframe.errors import DataError, StateError
 
 CACHE_FORMAT = "alframe.embeddings/1"
+
+MEMORY_MAP_FRACTION = 0.25
+"""``embed.memory_map: auto`` opens an entry as an on-disk store when its array file is larger
+than this fraction of the available memory: a strategy needs room beside the matrix for its
+own (N,)-sized and chunk-sized temporaries, and the page cache for the file itself."""
+
+MemoryMap = bool | Literal["auto"]
+"""The values of ``embed.memory_map``: True, False or ``"auto"``."""
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the process can still take without swapping, in bytes, or None when unknown.
+
+    ``MemAvailable`` of ``/proc/meminfo`` (Linux: free memory plus the page cache and other
+    memory the kernel can reclaim), else the free physical pages (``os.sysconf``, which does not
+    count the page cache, so it errs towards the store).
+    """
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the value is in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def wants_memory_map(setting: MemoryMap, path: str | os.PathLike[str]) -> bool:
+    """Whether ``embed.memory_map = setting`` opens the cache entry whose array is ``path`` as an
+    :class:`~alframe._rows.OnDiskRows` store (instead of reading it into RAM).
+
+    Args:
+        setting: True (always), False (never) or ``"auto"``: when the file is larger than
+            :data:`MEMORY_MAP_FRACTION` of :func:`available_memory_bytes` (never when there is
+            no file yet or the available memory is unknown).
+        path: the entry's ``.npy`` file (:meth:`EmbeddingCache.array_path`).
+
+    Raises:
+        ValueError: another ``setting``.
+    """
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"embed.memory_map must be auto, true or false, got {setting!r}")
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return False
+    available = available_memory_bytes()
+    return available is not None and size > MEMORY_MAP_FRACTION * available
 
 
 def ids_hash(ids: Sequence[str]) -> str:

@@ -14,7 +14,13 @@ import numpy as np
 from alframe._dist import is_global_zero
 from alframe.config.loading import expand_path
 from alframe.config.schema import Recipe
-from alframe.embed.cache import EmbeddingCache, EmbeddingKey, preprocessing_signature
+from alframe.embed.cache import (
+    EmbeddingCache,
+    EmbeddingKey,
+    MemoryMap,
+    preprocessing_signature,
+    wants_memory_map,
+)
 from alframe.embed.extract import (
     EMBEDDING_VERSION,
     Embedder,
@@ -36,13 +42,16 @@ class EmbeddingResult:
 
     Attributes:
         ids: item ids, row order.
-        embeddings: (N, D) float32, unit rows.
+        embeddings: (N, D) float32, unit rows: in RAM, or an
+            :class:`alframe._rows.OnDiskRows` store read in row chunks when ``memory_map``
+            asked for one (see :func:`embed_samples`).
         weights_hash: sha256 of the encoder's state dict.
         cache_path: the cache entry's array file.
         from_cache: whether the array was read from the cache.
     """
 
     ids: list[str]
+    # Typed as an array: an OnDiskRows store reads like a float32 one (slices, gathers, ``@``).
     embeddings: np.ndarray
     weights_hash: str
     cache_path: Path
@@ -221,6 +230,7 @@ def embed_samples(
     recompute: bool = False,
     progress: bool = True,
     device: DeviceSpec = None,
+    memory_map: MemoryMap = False,
 ) -> EmbeddingResult:
     """Embed given samples (anything with an ``id``) with the recipe's encoder, through the cache.
 
@@ -231,6 +241,12 @@ def embed_samples(
         recompute: ignore (and overwrite) an existing cache entry, stale or not.
         progress: show a progress bar.
         device: overrides ``embed.devices`` (see :func:`alframe.inference.hardware_for_devices`).
+        memory_map: open the cache entry as an :class:`alframe._rows.OnDiskRows` store instead
+            of reading it into RAM: True, False or ``"auto"``
+            (:func:`alframe.embed.cache.wants_memory_map`); callers that select pass
+            ``recipe.embed.memory_map``. Freshly computed rows are handed over as the store
+            once the entry is written (on the process that writes it; the others keep their
+            rows in RAM). The values are the same either way.
 
     Returns:
         An :class:`EmbeddingResult`.
@@ -248,13 +264,14 @@ def embed_samples(
     digest = encoder.weights_hash()
     key = EmbeddingKey.create(digest, ids, recipe_preprocessing(recipe, encoder.kind))
     cache = EmbeddingCache(cache_dir(recipe))
+    path = cache.array_path(key)
     if recompute:
         cache.delete(key)
     else:
-        cached = cache.get(key)
+        cached = cache.get(key, mmap=wants_memory_map(memory_map, path))
         if cached is not None:
-            logger.info("embeddings read from %s", cache.array_path(key))
-            return EmbeddingResult(ids, cached, digest, cache.array_path(key), True)
+            logger.info("embeddings read from %s", path)
+            return EmbeddingResult(ids, cached, digest, path, True)
     dataset = _make_dataset(recipe, samples)
     array, seen_ids = extract_embeddings_and_ids(
         encoder,
@@ -282,9 +299,13 @@ def embed_samples(
         array = array.astype(dtype).astype(np.float32)
     # Under torchrun / SLURM every process has the rows; one of them writes the entry.
     if is_global_zero():
-        path = cache.put(key, ids, array, info, dtype=dtype)
-    else:
-        path = cache.array_path(key)
+        cache.put(key, ids, array, info, dtype=dtype)
+        if wants_memory_map(memory_map, path):
+            # Written and checksummed a moment ago: a second checksum pass would find nothing.
+            entry = cache.get_entry(key, mmap=True, verify=False)
+            if entry is not None:
+                del array  # the selection reads the store; the matrix need not stay in RAM
+                return EmbeddingResult(ids, entry[0], digest, path, False)
     return EmbeddingResult(ids, array, digest, path, False)
 
 
@@ -294,6 +315,7 @@ def embed_pool(
     recompute: bool = False,
     progress: bool = True,
     device: DeviceSpec = None,
+    memory_map: MemoryMap = False,
 ) -> EmbeddingResult:
     """Embed the active-learning pool (``data.train``) or the source set (``data.source``).
 
@@ -308,6 +330,7 @@ def embed_pool(
         recompute: ignore (and overwrite) an existing cache entry.
         progress: show a progress bar.
         device: overrides ``embed.devices`` (see :func:`alframe.inference.hardware_for_devices`).
+        memory_map: return the entry as an on-disk store (see :func:`embed_samples`).
 
     Returns:
         An :class:`EmbeddingResult` (ids in catalog order, i.e. sorted).
@@ -319,4 +342,11 @@ def embed_pool(
         StateError: a stale cache entry (delete it or pass ``recompute=True``).
     """
     samples = _samples_for(recipe, which)
-    return embed_samples(recipe, samples, recompute=recompute, progress=progress, device=device)
+    return embed_samples(
+        recipe,
+        samples,
+        recompute=recompute,
+        progress=progress,
+        device=device,
+        memory_map=memory_map,
+    )

@@ -134,7 +134,10 @@ class PoolInputs:
     Attributes:
         ids: (N,) global pool ids in pool order.
         has_mask: (N,) whether each item has a ground-truth mask (simulated labelling).
-        embeddings_fn: returns ((N, D) float32 pool embeddings, weights hash).
+        embeddings_fn: returns ((N, D) float32 pool embeddings, weights hash); the embeddings
+            may be an :class:`alframe._rows.OnDiskRows` store (``embed.memory_map``), which a
+            strategy without ``supports_on_disk`` gets read into RAM each round
+            (:func:`alframe.strategies.embeddings_for`).
         source_embeddings_fn: returns ((S, D) source embeddings, weights hash), or None when
             there is no source set.
         model_embeddings_fn: given a segmentation checkpoint, returns the pool and source
@@ -424,7 +427,10 @@ class ActiveLearningRun:
             if "source_embeddings" in requires:
                 source = self.inputs.source_embeddings()
         if embeds:
-            kwargs["embeddings"], provenance["embedding_hash"] = pool
+            from alframe.strategies import embeddings_for
+
+            kwargs["embeddings"] = embeddings_for(strategy, pool[0])
+            provenance["embedding_hash"] = pool[1]
         else:
             kwargs["embeddings"] = np.zeros((n_items, 1), dtype=np.float32)
         if "source_embeddings" in requires and source is not None:

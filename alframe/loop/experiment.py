@@ -154,8 +154,12 @@ def _results_fingerprint(recipe: Recipe) -> dict[str, Any]:
         data.pop(key, None)
     data.get("train", {}).pop("progress", None)
     data.get("embed", {}).pop("devices", None)  # rows are gathered in order on any devices
+    # A reading option: the store and the matrix in RAM give the same picks.
+    data.get("embed", {}).pop("memory_map", None)
     if not recipe.pseudolabel.enabled:  # switched off, none of its settings matter
         data.pop("pseudolabel", None)
+    else:
+        data.get("pseudolabel", {}).pop("devices", None)  # the same labels on any devices
     return data
 
 
@@ -247,7 +251,11 @@ def _primary_set(recipe: Recipe) -> str:
 
 
 class _Embeddings:
-    """Trains the source MAE when needed and embeds pool and source once (cached on disk)."""
+    """Trains the source MAE when needed and embeds pool and source once (cached on disk).
+
+    The pool embeddings come as ``embed.memory_map`` says: the cache entry memory-mapped, or
+    in RAM (the source set always in RAM: strategies take it as a matrix).
+    """
 
     def __init__(self, recipe: Recipe, samples: Sequence[Any], progress: bool) -> None:
         self.recipe = recipe
@@ -263,7 +271,12 @@ class _Embeddings:
         from alframe.embed import embed_samples
 
         self._ensure_mae()
-        result = embed_samples(self.recipe, self.samples, progress=self.progress)
+        result = embed_samples(
+            self.recipe,
+            self.samples,
+            progress=self.progress,
+            memory_map=self.recipe.embed.memory_map,
+        )
         return result.embeddings, result.weights_hash
 
     def model(
@@ -275,7 +288,13 @@ class _Embeddings:
         from alframe.embed.pipeline import source_samples
 
         embedder = encoder_from_segmentation(checkpoint)
-        pool = embed_samples(self.recipe, self.samples, embedder=embedder, progress=False)
+        pool = embed_samples(
+            self.recipe,
+            self.samples,
+            embedder=embedder,
+            progress=False,
+            memory_map=self.recipe.embed.memory_map,
+        )
         source = None
         if self.recipe.data.source is not None:
             result = embed_samples(

@@ -13,10 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,12 +24,94 @@ from alframe._atomic import atomic_write_bytes
 from alframe.config.schema import DataConfig, PseudoLabelConfig
 from alframe.errors import DataError
 
+if TYPE_CHECKING:
+    from alframe.inference import Hardware
+    from alframe.pseudolabel.base import PseudoLabels
+    from alframe.pseudolabel.rpg import RPGPseudoLabeller
+
 __all__ = [
+    "PREDICT_PASS_IMAGES",
     "PoolPseudoLabels",
     "options_from_config",
+    "pseudo_label_batches",
     "pseudo_label_samples",
     "write_pool_pseudolabels",
 ]
+
+PREDICT_PASS_IMAGES = 1024
+"""Images per predict-loop pass when pseudo-labels run on other devices (``pseudolabel.devices``).
+A pass holds its labels, confidences and similarities in memory at once (12 bytes a pixel:
+0.8 GB for 1024 images of 256 × 256), and each pass starts its processes anew (``ddp_spawn``),
+so a pool is labelled in passes of this many images (rounded to whole batches)."""
+
+
+class _Images:
+    """The ``image`` (C, H, W) of items ``start:stop`` of a dataset (what the predict loop
+    batches); module level, so ``ddp_spawn`` can pickle it."""
+
+    def __init__(self, dataset: Any, start: int, stop: int) -> None:
+        self.dataset, self.start, self.stop = dataset, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self.start + index]["image"]
+
+
+def pseudo_label_batches(
+    labeller: RPGPseudoLabeller,
+    dataset: Any,
+    batch_size: int,
+    hardware: Hardware | None = None,
+    pass_images: int = PREDICT_PASS_IMAGES,
+) -> Iterator[tuple[dict[str, Any], PseudoLabels]]:
+    """``(batch, its pseudo-labels)`` for consecutive batches of a dataset, in order.
+
+    Args:
+        labeller: a fitted RPG labeller.
+        dataset: a :class:`~alframe.data.SegmentationDataset` (items with ``image``, N).
+        batch_size: items per batch (B).
+        hardware: None: each batch is labelled here, as it is read. Otherwise the images are
+            labelled in Lightning's predict loop on this hardware
+            (:meth:`RPGPseudoLabeller.predict_dataset`), ``pass_images`` at a time, and the
+            batches are read again for what the caller needs besides the labels (masks, ids).
+            The labels are the same either way.
+        pass_images: images per predict-loop pass (see :data:`PREDICT_PASS_IMAGES`).
+
+    Yields:
+        The collated batch (``image`` (B, C, H, W), ...) and its :class:`PseudoLabels`
+        ((B, H, W) each).
+    """
+    from torch.utils.data import DataLoader
+
+    from alframe.pseudolabel.base import PseudoLabels
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    if hardware is None:
+        for batch in loader:
+            yield batch, labeller.predict(batch["image"])
+        return
+    # Whole batches per pass: every batch the processes run is a batch of the one-process run.
+    batches_per_pass = max(1, pass_images // batch_size)
+    n_items = len(dataset)
+    labelled: PseudoLabels | None = None
+    for number, batch in enumerate(loader):
+        offset = (number % batches_per_pass) * batch_size
+        if offset == 0:
+            start = number * batch_size
+            stop = min(start + batches_per_pass * batch_size, n_items)
+            images: Any = _Images(dataset, start, stop)  # map-style, as a Dataset is
+            labelled = labeller.predict_dataset(images, hardware)
+        assert labelled is not None  # set at the first batch of every pass
+        size = int(batch["image"].shape[0])
+        part = slice(offset, offset + size)
+        yield (
+            batch,
+            PseudoLabels(
+                labelled.labels[part], labelled.confidence[part], labelled.similarity[part]
+            ),
+        )
 
 
 def options_from_config(cfg: PseudoLabelConfig) -> Any:
@@ -109,8 +191,9 @@ def pseudo_label_samples(
             pseudo-labels (simulation), never to make them.
         data_cfg: the recipe's data section (size, normalisation).
         num_classes: K.
-        cfg: the recipe's ``pseudolabel`` section (matching options).
-        batch_size: images per forward pass.
+        cfg: the recipe's ``pseudolabel`` section (matching options; ``devices``: where the
+            pool is labelled, see :func:`alframe.inference.hardware_unless_here`).
+        batch_size: images per forward pass (and process).
         eval_transforms: the recipe's evaluation-time augment steps (``augment.eval``).
 
     Returns:
@@ -120,7 +203,6 @@ def pseudo_label_samples(
         DataError: no reference, or a reference without a mask.
     """
     import torch
-    from torch.utils.data import DataLoader
 
     from alframe.data import SegmentationDataset
     from alframe.models.metrics import foreground_mean, per_image_dice_iou
@@ -152,11 +234,12 @@ def pseudo_label_samples(
     accuracy = np.full(len(items), np.nan)
     coverage = np.zeros(len(items))
     if items:
+        from alframe.inference import hardware_unless_here
+
         dataset = SegmentationDataset(items, data_cfg, eval_transforms, train=False)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        hardware = hardware_unless_here(cfg.devices, model_device(model))
         start = 0
-        for batch in loader:
-            pseudo = labeller.predict(batch["image"])
+        for batch, pseudo in pseudo_label_batches(labeller, dataset, batch_size, hardware):
             stop = start + pseudo.labels.shape[0]
             pred = pseudo.labels.cpu()
             labels[start:stop] = pred.numpy().astype(np.int16)
@@ -182,6 +265,14 @@ def pseudo_label_samples(
         coverage=coverage,
         n_references=len(refs),
     )
+
+
+def model_device(model: Any) -> Any:
+    """The torch device of a model's first parameter (the CPU for a model without any)."""
+    import torch
+
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def write_pool_pseudolabels(result: PoolPseudoLabels, folder: str | os.PathLike[str]) -> Path:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from alframe.errors import ConfigError, DataError, StateError
 
@@ -276,7 +277,7 @@ class RPGPseudoLabeller(PseudoLabeller):
         if images.ndim != 4:
             raise DataError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
         if hardware is not None:
-            return self._predict_rows(images, hardware)
+            return self.predict_dataset(images, hardware)
         parts = []
         for start in range(0, images.shape[0], self.batch_size):
             batch = images[start : start + self.batch_size]
@@ -292,7 +293,23 @@ class RPGPseudoLabeller(PseudoLabeller):
             torch.cat([p.similarity for p in parts]),
         )
 
-    def _predict_rows(self, images: torch.Tensor, hardware: Hardware) -> PseudoLabels:
+    def predict_dataset(
+        self, images: torch.Tensor | Dataset[torch.Tensor], hardware: Hardware
+    ) -> PseudoLabels:
+        """Pseudo-labels (N, H, W) of N images in Lightning's predict loop on ``hardware``.
+
+        Args:
+            images: (N, C, H, W) images, or a map-style dataset of N (C, H, W) images of one
+                size, read item by item in the processes (a pool need not be in memory).
+            hardware: where to run (:class:`alframe.inference.Hardware`); several processes
+                each take whole batches of ``batch_size`` images, rank 0 puts the labels back
+                in order: the same labels as one process.
+
+        Returns:
+            The N images' :class:`PseudoLabels` (in memory on every process).
+        """
+        if self.bank is None:
+            raise StateError("the rpg pseudo-labeller has no references yet; call fit() first")
         from alframe.inference import predict_rows
 
         step = partial(_label_rows, labeller=self)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from alframe._atomic import atomic_write_bytes
+from alframe._rows import is_on_disk
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -78,8 +79,14 @@ def pca_2d(
     loading is positive (SVD leaves the sign open). Pools larger than ``max_fit_rows`` fit the
     axes on evenly spaced rows (still deterministic); every row is projected.
 
+    An :class:`alframe._rows.OnDiskRows` store (``embed.memory_map``, pools larger than RAM) is
+    read in row chunks: the mean in one pass, the axes fitted on the same at most
+    ``max_fit_rows`` evenly spaced rows (gathered from the file), the projection in a second
+    pass; only the (N, 2) coordinates and one chunk are in memory at a time.
+
     Args:
-        embeddings: (N, D) embeddings (unit rows in alframe, but any real matrix works).
+        embeddings: (N, D) embeddings (unit rows in alframe, but any real matrix works), in RAM
+            or a store.
         max_fit_rows: most rows used to fit the axes.
 
     Returns:
@@ -90,7 +97,8 @@ def pca_2d(
     Raises:
         ValueError: ``embeddings`` is not two-dimensional.
     """
-    data = np.asarray(embeddings)
+    on_disk = is_on_disk(embeddings)
+    data: Any = embeddings if on_disk else np.asarray(embeddings)
     if data.ndim != 2:
         raise ValueError(f"embeddings must be (N, D); got shape {data.shape}")
     n_rows = data.shape[0]
@@ -98,12 +106,18 @@ def pca_2d(
     explained = np.zeros(2, dtype=np.float64)
     if n_rows == 0 or data.shape[1] == 0:
         return coordinates, explained
-    mean = data.mean(axis=0, dtype=np.float64)
+    if on_disk:
+        total_rows = np.zeros(data.shape[1], dtype=np.float64)
+        for _, block in data.chunks():
+            total_rows += block.sum(axis=0, dtype=np.float64)
+        mean = total_rows / n_rows
+    else:
+        mean = data.mean(axis=0, dtype=np.float64)
     if n_rows > max_fit_rows:
         rows = np.unique(np.linspace(0, n_rows - 1, max_fit_rows).round().astype(np.int64))
         fit = data[rows].astype(np.float64) - mean
     else:
-        fit = data.astype(np.float64) - mean
+        fit = data[:].astype(np.float64) - mean
     _, singular, axes_t = np.linalg.svd(fit, full_matrices=False)
     k = min(2, axes_t.shape[0])
     axes = axes_t[:k]

@@ -16,9 +16,11 @@ most ``max_items`` items are used (a seeded subsample), so the cost is bounded o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from alframe._rows import is_on_disk
 from alframe.errors import DataError
 
 __all__ = ["LOW_CONTRAST", "NeighbourContrast", "neighbour_contrast"]
@@ -65,7 +67,9 @@ def neighbour_contrast(
     """How much closer nearest neighbours are than in a structureless cloud of the same values.
 
     Args:
-        embeddings: (N, D) pool embeddings, N ≥ 3.
+        embeddings: (N, D) pool embeddings, N ≥ 3, in RAM or an
+            :class:`alframe._rows.OnDiskRows` store (then only the subsample's rows are read:
+            the same rows, hence the same contrast, as from RAM).
         max_items: items used at most (seeded subsample; the cost is O(max_items²·D)).
         seed: seed or Generator of the subsample and the shuffle.
 
@@ -75,14 +79,31 @@ def neighbour_contrast(
     Raises:
         DataError: fewer than three items, or non-finite values.
     """
-    x = np.asarray(embeddings, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 3:
-        raise DataError(f"neighbour contrast needs (N >= 3, D) embeddings, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise DataError("embeddings contain NaN or infinite values")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    if x.shape[0] > max_items:
-        x = x[np.sort(rng.choice(x.shape[0], size=max_items, replace=False))]
+    if is_on_disk(embeddings):
+        # Larger than RAM: gather only the subsample (drawn exactly as below).
+        store: Any = embeddings
+        n_items = store.shape[0]
+        if n_items < 3:
+            raise DataError(
+                f"neighbour contrast needs (N >= 3, D) embeddings, got shape {store.shape}"
+            )
+        rows = (
+            np.sort(rng.choice(n_items, size=max_items, replace=False))
+            if n_items > max_items
+            else np.arange(n_items)
+        )
+        x = np.asarray(store[rows], dtype=np.float64)
+        if not np.isfinite(x).all():
+            raise DataError(f"embeddings in {store.path} contain NaN or infinite values")
+    else:
+        x = np.asarray(embeddings, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] < 3:
+            raise DataError(f"neighbour contrast needs (N >= 3, D) embeddings, got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise DataError("embeddings contain NaN or infinite values")
+        if x.shape[0] > max_items:
+            x = x[np.sort(rng.choice(x.shape[0], size=max_items, replace=False))]
     shuffled = np.stack([rng.permutation(column) for column in x.T], axis=1)
     ratio = _nn_to_mean_ratio(x)
     shuffled_ratio = _nn_to_mean_ratio(shuffled)

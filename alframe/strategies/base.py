@@ -19,6 +19,11 @@ class BudgetClippedWarning(AlframeNote):
     """The budget exceeded the number of unlabelled items; all of them are selected."""
 
 
+class InMemoryFallbackNote(AlframeNote):
+    """A strategy that needs its embeddings in RAM was given a memory-mapped store
+    (``embed.memory_map``): the store's rows were read into memory for it."""
+
+
 class Strategy(ABC):
     """A query strategy: ``select(ctx, budget) -> Selection``.
 
@@ -55,7 +60,7 @@ class Strategy(ABC):
             raise ConfigError(
                 f"strategy {self.name!r} needs the embeddings in RAM but got a memory-mapped "
                 f"store ({ctx.embeddings!r}); load it with np.load(path) if it fits, or use a "
-                "strategy that reads it in chunks (coreset, xssr)"
+                f"strategy that reads it in chunks ({', '.join(on_disk_strategy_names())})"
             )
         budget = clip_budget(budget, ctx)
         if budget == 0:
@@ -84,6 +89,42 @@ class Strategy(ABC):
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategies")
 """All query strategies by name; third-party ones come from entry points ``alframe.strategies``."""
+
+
+def on_disk_strategy_names() -> list[str]:
+    """Sorted names of the registered strategies that select from an on-disk store."""
+    return [n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n), "supports_on_disk", False)]
+
+
+def embeddings_for(strategy: Any, embeddings: np.ndarray) -> np.ndarray:
+    """The pool embeddings as ``strategy`` can read them.
+
+    An :class:`alframe._rows.OnDiskRows` store (``embed.memory_map``) goes as it is to a
+    strategy that declares ``supports_on_disk``; any other strategy gets its rows in RAM
+    ((N, D) float32, the same values), with an :class:`InMemoryFallbackNote` saying so. A matrix
+    in RAM is returned as it is.
+
+    Args:
+        strategy: the strategy that will read them (its ``name`` and ``supports_on_disk``).
+        embeddings: (N, D) pool embeddings, in RAM or a store.
+
+    Returns:
+        (N, D) embeddings the strategy accepts.
+    """
+    if not is_on_disk(embeddings) or getattr(strategy, "supports_on_disk", False):
+        return embeddings
+    store: Any = embeddings
+    name = getattr(strategy, "name", "") or type(strategy).__name__
+    warnings.warn(
+        f"strategy {name!r} needs the pool embeddings in RAM, so {store.path} "
+        f"({store.nbytes_on_disk / 1024**2:.1f} MiB on disk) is read into memory instead of "
+        f"selecting from the memory-mapped store (embed.memory_map); "
+        f"{', '.join(on_disk_strategy_names())} select from the store",
+        InMemoryFallbackNote,
+        stacklevel=2,
+    )
+    rows: np.ndarray = store.to_array()
+    return rows
 
 
 def clip_budget(budget: int, ctx: QueryContext) -> int:

@@ -324,6 +324,8 @@ def rank_sources(
     fu_batches: int = 6,
     progress: bool = True,
     on_candidate: Callable[[CandidateInputs], None] | None = None,
+    devices: Any = None,
+    hardware: Hardware | None = None,
 ) -> Ranking:
     """Rank candidate source models for a labelled target set.
 
@@ -339,9 +341,21 @@ def rank_sources(
         fu_batches: number of in-order FU batches.
         progress: show a progress bar over candidates.
         on_candidate: called with each candidate's inputs once computed (e.g. to cache them).
+        devices: where the feature passes run, spelled as ``embed.devices`` (``auto``,
+            ``cpu``, ``cuda:0,cuda:1``, a count, ...; ``alframe rank-sources --devices``):
+            several devices are several processes of Lightning's predict loop, each taking
+            whole batches (the same features as one process); a request that is one process
+            on the candidate's own device runs here
+            (:func:`alframe.inference.hardware_unless_here`). None: here, where each candidate
+            is. FU (gradients) always runs here.
+        hardware: overrides ``devices`` with Lightning's own keys
+            (:class:`alframe.inference.Hardware`).
 
     Returns:
         The :class:`Ranking`.
+
+    Raises:
+        ModelError: ``devices`` names devices this machine does not have.
     """
     from tqdm.auto import tqdm
 
@@ -352,8 +366,14 @@ def rank_sources(
     computed: list[CandidateInputs] = []
     for spec in tqdm(list(specs), desc="candidates", unit="model", disable=not progress):
         source = spec if isinstance(spec, SourceModel) else load_source(spec)
+        where = hardware
+        if where is None and devices is not None:
+            from alframe.inference import hardware_unless_here
+
+            first = next(iter(source.module.parameters()), None)
+            where = hardware_unless_here(devices, first.device if first is not None else "cpu")
         inputs = compute_inputs(
-            source, target, needs, fu_batches=fu_batches, conv_layers=conv_layers
+            source, target, needs, fu_batches=fu_batches, conv_layers=conv_layers, hardware=where
         )
         if on_candidate is not None:
             on_candidate(inputs)

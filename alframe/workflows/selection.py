@@ -26,8 +26,9 @@ class SelectionResult:
         embedding_hash: hash of the encoder weights the embeddings came from (None if unused).
         contrast: the pool embedding's neighbour contrast
             (:func:`alframe.scoring.structure.neighbour_contrast`; None if unused).
-        embeddings: (N, D) pool embeddings the strategy read (None if it read none); for the
-            pool picture (:mod:`alframe.workflows.pictures`).
+        embeddings: (N, D) pool embeddings the strategy read (None if it read none), in RAM
+            or an :class:`alframe._rows.OnDiskRows` store (``embed.memory_map``); for the pool
+            picture (:mod:`alframe.workflows.pictures`).
         labelled: (N,) bool, the items labelled (or selected) before this selection.
     """
 
@@ -117,6 +118,11 @@ def select_from_recipe(
         labelled_ids: ids already labelled (or already selected), instead of or in addition
             to the ``labelled`` file, e.g. from a labelling project's state store.
 
+    The pool embedding is read as ``embed.memory_map`` says: a strategy that selects from an
+    on-disk store (``supports_on_disk``: coreset, xssr) gets the cached entry memory-mapped,
+    any other strategy its rows in RAM (with a note when a store was asked for). The source
+    embedding is always read into RAM.
+
     Returns:
         The :class:`SelectionResult`.
     """
@@ -159,17 +165,17 @@ def select_from_recipe(
         # Imported here: embedding pulls in torch, which strategies without embeddings skip.
         from alframe.embed import embed_pool
 
-        pool = embed_pool(recipe, which="pool")
+        pool = embed_pool(recipe, which="pool", memory_map=recipe.embed.memory_map)
         if list(pool.ids) != ids:
             raise DataError(
                 "embedding ids do not match the pool; rerun with `alframe embed --recompute`"
             )
-        context["embeddings"] = pool.embeddings
+        context["embeddings"] = strategies.embeddings_for(chosen, pool.embeddings)
         embedding_hash = pool.weights_hash
         if len(ids) >= 3:
             from alframe.scoring.structure import neighbour_contrast
 
-            contrast = neighbour_contrast(pool.embeddings, seed=recipe.seed)
+            contrast = neighbour_contrast(context["embeddings"], seed=recipe.seed)
     else:
         context["embeddings"] = np.zeros((len(ids), 1), dtype=np.float32)
     if "source_embeddings" in requires and recipe.data.source is not None:
