@@ -265,6 +265,33 @@ def test_interrupted_init_is_redone_and_a_held_lock_refuses(tmp_path: Path) -> N
         pass
 
 
+def test_waiting_open_takes_the_lock_once_the_holder_lets_go(tmp_path: Path) -> None:
+    import threading
+
+    project = make_project(tmp_path, annotators=("solo",), overlap=0.0, budget=2)
+    holding, order = threading.Event(), []
+
+    def hold() -> None:  # another command (e.g. `round status`) holding the project a moment
+        with open_project(project):
+            holding.set()
+            threading.Event().wait(0.5)
+            order.append("released")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(10)
+    with (
+        pytest.raises(StateError, match="another alframe command is working"),
+        open_project(project),
+    ):
+        pass
+    with open_project(project, wait=True) as opened:  # what `round watch` does
+        order.append("opened")
+        assert opened.store.query("SELECT COUNT(*) AS n FROM selections")[0]["n"] == 2
+    holder.join()
+    assert order == ["released", "opened"]
+
+
 def test_round_next_refuses_when_everything_is_selected(tmp_path: Path) -> None:
     project = make_project(tmp_path, annotators=("solo",), overlap=0.0, budget=9)
     with open_project(project) as opened, pytest.raises(DataError, match="already selected"):

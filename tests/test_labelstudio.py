@@ -593,7 +593,9 @@ def test_watch_retrains_pushes_and_stops_cleanly_on_ctrl_c(
             if rows:
                 break
             time.sleep(1)
-        assert rows, "watch did not push a second round"
+        if not rows:  # say why: the watcher's own output
+            watcher.kill()
+            pytest.fail(f"watch did not push a second round:\n{watcher.communicate()[0]}")
         time.sleep(2)  # now it polls (sleeps) again: stop it there
         watcher.send_signal(signal.SIGINT)
         out, _ = watcher.communicate(timeout=120)

@@ -420,7 +420,9 @@ def project_is_writable(root: Path) -> bool:
 
 
 @contextmanager
-def open_project(directory: str | os.PathLike[str], write: bool = True) -> Iterator[Project]:
+def open_project(
+    directory: str | os.PathLike[str], write: bool = True, wait: bool = False
+) -> Iterator[Project]:
     """Open a project: take its lock, recover from interrupted commands, yield it.
 
     A project this process cannot write (another user's folder, a read-only mount) opens for
@@ -431,6 +433,9 @@ def open_project(directory: str | os.PathLike[str], write: bool = True) -> Itera
         directory: the project folder.
         write: take the lock (every command that changes the project). Read-only users
             (status) pass False: they still recover when nobody else holds the lock.
+        wait: when another command holds the lock, wait for it instead of refusing (``round
+            watch``: a ``round status`` run meanwhile holds the lock for a moment, and a
+            long-running loop should outlast it, not stop).
 
     Raises:
         StateError: not a project, the project is read-only (``write``), or another command
@@ -446,7 +451,7 @@ def open_project(directory: str | os.PathLike[str], write: bool = True) -> Itera
             "(cp -r) and work on the copy"
         )
     lock = ProjectLock(root / LOCK_FILE)
-    locked = lock.acquire(read_only=not writable)
+    locked = lock.acquire(wait=wait and writable, read_only=not writable)
     if write and not locked:
         raise StateError(
             f"another alframe command is working on {root} (it holds {root / LOCK_FILE}); wait "

@@ -114,7 +114,6 @@ def make_datamodule(recipe: Recipe, samples: dict[str, Sample], labels: dict[str
     the labelled groups; evaluation sets are the recipe's ``data.evaluate``.
     """
     from alframe.data.datamodule import SegmentationDataModule
-    from alframe.data.splits import grouped_holdout
 
     dataset_class = _label_dataset_class()
     files = frozenset(labels.values())
@@ -123,16 +122,9 @@ def make_datamodule(recipe: Recipe, samples: dict[str, Sample], labels: dict[str
         def setup(self, stage: str | None = None) -> None:
             if self._ready:
                 return
-            candidates = [replace(samples[i], mask_path=labels[i]) for i in sorted(labels)]
-            data = self.recipe.data
-            if data.val is not None:
-                self.train_samples = candidates
-                self.val_samples = self.catalog.samples(data.val)
-            else:
-                self.train_samples, self.val_samples = grouped_holdout(
-                    candidates, data.val_fraction, self.recipe.seed
-                )
-            self._ready = True
+            self._split_validation(
+                [replace(samples[i], mask_path=labels[i]) for i in sorted(labels)]
+            )
 
         def _dataset(self, items: Sequence[Sample], train: bool) -> Any:
             steps = self.recipe.augment.train if train else self.recipe.augment.eval

@@ -176,7 +176,7 @@ def watch(
     try:
         while max_cycles is None or cycle < max_cycles:
             cycle += 1
-            with open_project(directory) as project:
+            with open_project(directory, wait=True) as project:
                 _notes(project)
                 report = _sync(project, unpainted, track)
                 if report.recorded or report.skipped:

@@ -95,6 +95,12 @@ class SegmentationDataModule(L.LightningDataModule):
                 f"data.train ({_describe(data.train)}) must be labelled — set its masks folder "
                 "or pass only labelled train_ids"
             )
+        self._split_validation(candidates)
+
+    def _split_validation(self, candidates: list[Sample]) -> None:
+        """Train on ``candidates`` and validate on ``data.val``, or hold out a seeded
+        ``data.val_fraction`` of their groups when it is not set; marks the module set up."""
+        data = self.recipe.data
         if data.val is not None:
             self.train_samples = candidates
             self.val_samples = self.catalog.samples(data.val)
