@@ -133,3 +133,29 @@ def test_method_is_checked() -> None:
         xssr_greedy(**{**problem, "alphas": [0.0, 0.5]}, method="lazy")
     with pytest.raises(ConfigError, match="auto, eager or lazy"):
         xssr_greedy(**problem, method="fast")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_candidates_that_duplicate_centres_have_no_diversity_range(seed: int) -> None:
+    # 10 distinct points, each 3 times, shuffled. Once all 10 are centres, every candidate left
+    # is a duplicate: δ is 0 up to float32 rounding of ‖x‖² + ‖c‖² − 2x·c (which differs between
+    # the eager and the block products), and that is no range to normalise: δ̂ ≡ 1, so the picks
+    # follow the static part alone, the same in both greedies.
+    rng = np.random.default_rng(seed)
+    group = rng.permutation(np.repeat(np.arange(10), 3))
+    points = rng.normal(size=(10, 64))[group].astype(np.float32)
+    problem = {
+        "embeddings": points,
+        "labelled": np.zeros(30, dtype=bool),
+        "budget": 30,
+        "density_hat": rng.random(30),
+        "novelty_hat": rng.random(30),
+        "alphas": [0.1],
+    }
+    eager = xssr_greedy(**problem, method="eager")
+    lazy = xssr_greedy(**problem, method="lazy")
+    np.testing.assert_array_equal(lazy.indices, eager.indices)
+    for result in (eager, lazy):
+        assert len(set(group[result.indices[0, :10]])) == 10  # one of each first
+        np.testing.assert_array_equal(result.pick_diversity_hat[0, 10:], 1.0)
+        assert np.all(np.diff(result.pick_scores[0, 10:]) <= 0)  # static part alone

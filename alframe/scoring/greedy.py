@@ -266,6 +266,21 @@ NEAR_TIE_RELATIVE = 1e-5
 best one are re-ranked with exact float64 distances (float32 dot products over D = 256
 dimensions err by ~1e-6 relative)."""
 NEAR_TIE_MAX_ROWS = 256
+
+
+def diversity_resolution(norm_scale: float) -> float:
+    """The smallest range of δ over the candidates that float32 distances can resolve.
+
+    δ² comes from ‖x‖² + ‖c‖² − 2x·c, whose rounding error is ~1e-7·‖x‖²: an exact duplicate of a
+    centre gets δ of up to ~1e-3·‖x‖ instead of 0, and which duplicate gets how much depends on
+    the order of the sums (matrix-vector or matrix-matrix products). A δ range below this
+    (e.g. every candidate left is a duplicate of a centre) is no range: δ̂ is then ≡ 1, as for
+    equal distances, instead of normalised rounding noise.
+
+    Args:
+        norm_scale: max ‖x‖² over the pool.
+    """
+    return float(np.sqrt(NEAR_TIE_RELATIVE * norm_scale))
 EXACT_CENTRES_MAX_SHARED = 65_536
 """Labelled centres kept as a float64 copy for near-tie re-ranking (above: converted per use)."""
 
@@ -596,8 +611,10 @@ def _scores_from_diversity(
     has_centre: np.ndarray,
     static: np.ndarray,
     slope: np.ndarray,
+    min_width: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Composite scores static + slope·δ̂, δ̂ min-max normalised over each run's candidates.
+    """Composite scores static + slope·δ̂, δ̂ min-max normalised over each run's candidates
+    (δ̂ ≡ 1 when the range of δ is at most ``min_width``: see :func:`diversity_resolution`).
 
     Returns:
         ``(scores, low, width)``: (R, N) float32 scores and the (R,) float64 normalisation
@@ -607,7 +624,7 @@ def _scores_from_diversity(
     high = np.max(distances, axis=1, where=candidate, initial=-np.inf).astype(np.float64)
     with np.errstate(invalid="ignore"):
         width = high - low
-    degenerate = ~has_centre | ~(width > 0) | ~np.isfinite(width)
+    degenerate = ~has_centre | ~(width > min_width) | ~np.isfinite(width)
     width = np.where(degenerate, 0.0, width)
     low = np.where(degenerate, 0.0, low)
     scale = np.where(degenerate, 0.0, 1.0 / np.where(degenerate, 1.0, width))
@@ -831,10 +848,11 @@ def _xssr_greedy(
     static[:, labelled] = -np.inf
     exact_centres = ExactCentres(embeddings, np.flatnonzero(labelled), n_runs, budget)
     norm_scale = float(state.norms.max()) if n_items else 0.0
+    min_width = diversity_resolution(norm_scale)
     for step in range(budget):
         distances = state.distances()
         scores, low, width = _scores_from_diversity(
-            distances, state.candidate, state.n_centres > 0, static, slope
+            distances, state.candidate, state.n_centres > 0, static, slope, min_width
         )
         step_picks = np.argmax(scores, axis=1)  # first maximum: ties → lowest index
         if exact_centres.has_centres:

@@ -49,6 +49,7 @@ from alframe.scoring.greedy import (
     Combine,
     ExactCentres,
     XssrGreedyResult,
+    diversity_resolution,
     exact_best_of,
     near_tie_threshold,
 )
@@ -254,6 +255,7 @@ def lazy_xssr_greedy(
     n_items = embeddings.shape[0]
     norms = squared_row_norms(embeddings)
     norm_scale = float(norms.max()) if n_items else 0.0
+    min_width = diversity_resolution(norm_scale)
     bounds = _Bounds(embeddings, norms, labelled)
     original_static = static.copy()
     exact_centres = ExactCentres(embeddings, np.flatnonzero(labelled), 1, budget)
@@ -298,7 +300,7 @@ def lazy_xssr_greedy(
         high = float(np.sqrt(np.float32(high_squared)))
         with np.errstate(invalid="ignore"):
             width = high - low
-        degenerate = not has_centre or not (width > 0) or not np.isfinite(width)
+        degenerate = not has_centre or not (width > min_width) or not np.isfinite(width)
         if degenerate:
             width, low = 0.0, 0.0
         pick, score, distance = _best_candidate(
