@@ -281,6 +281,8 @@ def diversity_resolution(norm_scale: float) -> float:
         norm_scale: max ‖x‖² over the pool.
     """
     return float(np.sqrt(NEAR_TIE_RELATIVE * norm_scale))
+
+
 EXACT_CENTRES_MAX_SHARED = 65_536
 """Labelled centres kept as a float64 copy for near-tie re-ranking (above: converted per use)."""
 
