@@ -21,6 +21,8 @@ How the rows travel:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pickle
 import shutil
@@ -423,46 +425,85 @@ def predict_rows(
     was_training = net.training
     writer = _ShardWriter(folder, n_items)
     try:
-        try:
-            trainer = L.Trainer(
-                accelerator=hardware.accelerator,
-                devices=list(hardware.devices)
-                if isinstance(hardware.devices, tuple)
-                else hardware.devices,
-                strategy=hardware.strategy,
-                num_nodes=hardware.num_nodes,
-                precision=hardware.precision,  # type: ignore[arg-type]  # checked by Lightning
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=progress,
-                enable_model_summary=False,
-                use_distributed_sampler=False,  # _ShardBatches shards by whole batches
-                callbacks=[writer],
-                default_root_dir=folder,
+        with lightning_info_silenced():
+            return _predict_with_trainer(
+                net, step, data, hardware, batch_size, num_workers, progress, writer, folder
             )
-        except (ValueError, TypeError, MisconfigurationException) as err:
-            raise ConfigError(
-                f"Lightning rejects accelerator={hardware.accelerator!r}, "
-                f"devices={hardware.devices!r}, strategy={hardware.strategy!r}, "
-                f"num_nodes={hardware.num_nodes}, precision={hardware.precision!r} ({err}); "
-                "fix the hardware keys (e.g. accelerator: cpu on a machine without a GPU)"
-            ) from None
-        module = _RowsModule(net.eval(), step, data, batch_size, num_workers)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*custom batch sampler `_ShardBatches`.*")
-            # Lightning's own use of a torch API torch deprecates; nothing for a user to do.
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-            trainer.predict(module, return_predictions=False)
-        if writer.result is not None:
-            return writer.result
-        # ddp_spawn: the processes ran elsewhere; this (launching) process reads the result.
-        assembled = Path(writer.folder) / _ASSEMBLED
-        if not assembled.is_file():
-            raise ModelError(f"the inference processes left no result in {writer.folder}")
-        with open(assembled, "rb") as handle:
-            rows, ids = pickle.load(handle)
-        return rows, ids
     finally:
         net.to(home).train(was_training)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+
+@contextlib.contextmanager
+def lightning_info_silenced() -> Iterator[None]:
+    """Lightning's per-Trainer INFO lines ("GPU available: False", "TPU available", tips) off for
+    the block: an inference pass is an implementation detail, and a ranking or an RPG run makes
+    several. Only loggers at Lightning's default INFO level are raised to WARNING (a level set
+    on purpose, e.g. DEBUG, is left alone); the levels are restored afterwards."""
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        if logger.level == logging.INFO:
+            logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _predict_with_trainer(
+    net: nn.Module,
+    step: PredictStep,
+    data: Any,
+    hardware: Hardware,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+    writer: _ShardWriter,
+    folder: str,
+) -> tuple[Any, list[str] | None]:
+    """The body of :func:`predict_rows`: one Trainer, one predict loop, the assembled rows."""
+    try:
+        trainer = L.Trainer(
+            accelerator=hardware.accelerator,
+            devices=list(hardware.devices)
+            if isinstance(hardware.devices, tuple)
+            else hardware.devices,
+            strategy=hardware.strategy,
+            num_nodes=hardware.num_nodes,
+            precision=hardware.precision,  # type: ignore[arg-type]  # checked by Lightning
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            use_distributed_sampler=False,  # _ShardBatches shards by whole batches
+            callbacks=[writer],
+            default_root_dir=folder,
+        )
+    except (ValueError, TypeError, MisconfigurationException) as err:
+        raise ConfigError(
+            f"Lightning rejects accelerator={hardware.accelerator!r}, "
+            f"devices={hardware.devices!r}, strategy={hardware.strategy!r}, "
+            f"num_nodes={hardware.num_nodes}, precision={hardware.precision!r} ({err}); "
+            "fix the hardware keys (e.g. accelerator: cpu on a machine without a GPU)"
+        ) from None
+    module = _RowsModule(net.eval(), step, data, batch_size, num_workers)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*custom batch sampler `_ShardBatches`.*")
+        # Lightning's own use of a torch API torch deprecates; nothing for a user to do.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        trainer.predict(module, return_predictions=False)
+    if writer.result is not None:
+        return writer.result
+    # ddp_spawn: the processes ran elsewhere; this (launching) process reads the result.
+    assembled = Path(writer.folder) / _ASSEMBLED
+    if not assembled.is_file():
+        raise ModelError(f"the inference processes left no result in {writer.folder}")
+    with open(assembled, "rb") as handle:
+        rows, ids = pickle.load(handle)
+    return rows, ids

@@ -254,3 +254,34 @@ def test_a_torchrun_launch_gives_the_one_process_results(
     with np.load(out) as saved:
         got = {key: saved[key] for key in saved.files}
     _assert_same(got, one_process)
+
+
+def test_inference_passes_do_not_announce_lightning_info(no_launch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from alframe.inference import LIGHTNING_LOGGERS
+
+    seen: list[str] = []
+
+    class Record(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    handler = Record(level=logging.DEBUG)
+    before = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)  # Lightning's own default on import
+        logger.addHandler(handler)
+    try:
+        items = [{"image": torch.full((1, 2, 2), float(i)), "id": f"s{i}"} for i in range(3)]
+        predict_rows(nn.Conv2d(1, 1, 1), _double, items, batch_size=2)
+        assert [logger.level for logger in loggers] == [logging.INFO] * 2  # restored
+        assert not any("available" in message for message in seen), seen
+        logging.getLogger("lightning.pytorch").setLevel(logging.DEBUG)  # chosen: left alone
+        predict_rows(nn.Conv2d(1, 1, 1), _double, items, batch_size=2)
+        assert any("GPU available" in message for message in seen), seen
+    finally:
+        for logger, level in zip(loggers, before, strict=True):
+            logger.setLevel(level)
+            logger.removeHandler(handler)
