@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +78,9 @@ GIB = 1024**3
 # ----------------------------------------------------------------------------- data
 
 
-def make_pool(kind: str, n_items: int, dim: int, seed: int) -> np.ndarray:
-    """(N, D) float32 L2-normalised embeddings, generated chunk by chunk (no float64 copy).
-
-    ``uniform``: uniform on the unit sphere. ``clustered``: 100 clusters of unequal size around
-    random unit centres (noise norm ≈ 0.5 before normalisation).
-    """
+def pool_blocks(kind: str, n_items: int, dim: int, seed: int) -> Iterator[np.ndarray]:
+    """The rows of :func:`make_pool`, generated chunk by chunk: (≤ 65,536, D) float32 blocks."""
     rng = np.random.default_rng(seed)
-    pool = np.empty((n_items, dim), dtype=np.float32)
     chunk = 65_536
     if kind == "clustered":
         centres = rng.standard_normal((N_CLUSTERS, dim), dtype=np.float32)
@@ -99,7 +95,20 @@ def make_pool(kind: str, n_items: int, dim: int, seed: int) -> np.ndarray:
             block *= noise_scale
             block += centres[labels]
         block /= np.linalg.norm(block, axis=1, keepdims=True)
-        pool[start:stop] = block
+        yield block
+
+
+def make_pool(kind: str, n_items: int, dim: int, seed: int) -> np.ndarray:
+    """(N, D) float32 L2-normalised embeddings, generated chunk by chunk (no float64 copy).
+
+    ``uniform``: uniform on the unit sphere. ``clustered``: 100 clusters of unequal size around
+    random unit centres (noise norm ≈ 0.5 before normalisation).
+    """
+    pool = np.empty((n_items, dim), dtype=np.float32)
+    start = 0
+    for block in pool_blocks(kind, n_items, dim, seed):
+        pool[start : start + len(block)] = block
+        start += len(block)
     return pool
 
 
@@ -131,22 +140,8 @@ def pool_file(kind: str, n_items: int, dim: int, seed: int, dtype: str) -> Path:
             for _, block in rows.chunks(65_536):
                 writer.write(block)
         return path
-    rng = np.random.default_rng(seed)
-    chunk = 65_536
-    if kind == "clustered":
-        centres = rng.standard_normal((N_CLUSTERS, dim), dtype=np.float32)
-        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-        weights = rng.dirichlet(np.full(N_CLUSTERS, 2.0))
-        noise_scale = np.float32(0.5 / np.sqrt(dim))
     with NpyRowWriter(path, n_items, dim, "float32") as writer:
-        for start in range(0, n_items, chunk):
-            stop = min(start + chunk, n_items)
-            block = rng.standard_normal((stop - start, dim), dtype=np.float32)
-            if kind == "clustered":
-                labels = rng.choice(N_CLUSTERS, size=stop - start, p=weights)
-                block *= noise_scale
-                block += centres[labels]
-            block /= np.linalg.norm(block, axis=1, keepdims=True)
+        for block in pool_blocks(kind, n_items, dim, seed):
             writer.write(block)
     return path
 

@@ -10,7 +10,7 @@ import pytest
 
 from alframe._rows import NpyRowWriter, OnDiskRows
 from alframe.errors import ConfigError
-from alframe.scoring.greedy import _affine_parts, xssr_greedy
+from alframe.scoring.greedy import xssr_greedy
 from alframe.scoring.lazy_xssr import lazy_xssr_greedy
 
 
@@ -40,22 +40,14 @@ def _problem(seed: int) -> dict:
 
 
 def _lazy_with_counters(problem: dict) -> tuple:
-    labelled = problem["labelled"]
-    alpha = np.asarray(problem["alphas"])
-    static, slope = _affine_parts(
-        problem["density_hat"], problem["novelty_hat"], alpha, problem["combine"]
-    )
-    static[:, labelled] = -np.inf
     return lazy_xssr_greedy(
         problem["embeddings"],
-        labelled,
+        problem["labelled"],
         problem["budget"],
         problem["density_hat"],
         problem["novelty_hat"],
-        float(alpha[0]),
+        float(problem["alphas"][0]),
         problem["combine"],
-        static[0],
-        np.broadcast_to(slope, (1, labelled.size))[0].copy(),
     )
 
 

@@ -822,8 +822,6 @@ def _xssr_greedy(
     if method == "lazy" or (method == "auto" and n_runs == 1):
         from alframe.scoring.lazy_xssr import lazy_xssr_greedy
 
-        static, slope = _affine_parts(density_hat, novelty_hat, alpha_array, combine)
-        static[:, labelled] = -np.inf
         result, _ = lazy_xssr_greedy(
             embeddings,
             labelled,
@@ -832,8 +830,6 @@ def _xssr_greedy(
             np.asarray(novelty_hat),
             float(alpha_array[0]),
             combine,
-            static[0],
-            np.broadcast_to(slope, (1, n_items))[0].copy(),
         )
         return result
     state = CoverageState(embeddings, labelled, n_runs=n_runs)
@@ -883,15 +879,36 @@ def _xssr_greedy(
         state.add_centres(step_picks)
         for run in range(n_runs):
             exact_centres.add(run, int(step_picks[run]))
-    final_distances = state.distances()
-    if budget == 0 and not labelled.any():
-        coverage = np.full(n_runs, np.inf)
-        radius = np.full(n_runs, np.inf)
-    else:
+    return xssr_result(
+        alpha_array,
+        picks,
+        pick_scores,
+        pick_diversity,
+        pick_diversity_hat,
+        state.distances(),
+        has_centre=budget > 0 or bool(labelled.any()),
+    )
+
+
+def xssr_result(
+    alphas: np.ndarray,
+    picks: np.ndarray,
+    pick_scores: np.ndarray,
+    pick_diversity: np.ndarray,
+    pick_diversity_hat: np.ndarray,
+    final_distances: np.ndarray,
+    has_centre: bool,
+) -> XssrGreedyResult:
+    """An :class:`XssrGreedyResult` with the coverage cost and radius of ``final_distances``
+    ((R, N); +inf for both when there is no centre at all)."""
+    n_runs = final_distances.shape[0]
+    if has_centre:
         coverage = final_distances.mean(axis=1, dtype=np.float64)
         radius = final_distances.max(axis=1).astype(np.float64)
+    else:
+        coverage, radius = np.full(n_runs, np.inf), np.full(n_runs, np.inf)
     return XssrGreedyResult(
-        alphas=alpha_array,
+        alphas=alphas,
         indices=picks,
         pick_scores=pick_scores,
         pick_diversity=pick_diversity,

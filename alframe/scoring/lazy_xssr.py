@@ -53,9 +53,11 @@ from alframe.scoring.greedy import (
     Combine,
     ExactCentres,
     XssrGreedyResult,
+    _affine_parts,
     diversity_resolution,
     exact_best_of,
     near_tie_threshold,
+    xssr_result,
 )
 
 PASS_BLAS_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
@@ -235,8 +237,6 @@ def lazy_xssr_greedy(
     novelty_hat: np.ndarray,
     alpha: float,
     combine: Combine,
-    static: np.ndarray,
-    slope: np.ndarray,
 ) -> tuple[XssrGreedyResult, dict[str, int]]:
     """The XSSR greedy for one alpha with speculative block updates (see the module docstring).
 
@@ -247,9 +247,6 @@ def lazy_xssr_greedy(
         density_hat, novelty_hat: (N,) normalised terms.
         alpha: the novelty weight.
         combine: ``"mul"`` or ``"add"``.
-        static: (N,) float32 part of the score that does not depend on δ̂ (−inf at labelled
-            rows); modified in place (picks get −inf).
-        slope: (N,) float32 slope of the score in δ̂.
 
     Returns:
         The result (one run) and counters: ``passes`` (block passes over the pool),
@@ -257,6 +254,13 @@ def lazy_xssr_greedy(
         distances computed outside the passes).
     """
     n_items = embeddings.shape[0]
+    # score = static + slope·δ̂, the same parts as the eager greedy; picks get static −inf.
+    static_parts, slope_parts = _affine_parts(
+        density_hat, novelty_hat, np.array([alpha], dtype=np.float64), combine
+    )
+    static = static_parts[0]
+    static[labelled] = -np.inf
+    slope = np.broadcast_to(slope_parts, (1, n_items))[0].copy()
     norms = squared_row_norms(embeddings)
     norm_scale = float(norms.max()) if n_items else 0.0
     min_width = diversity_resolution(norm_scale)
@@ -328,22 +332,15 @@ def lazy_xssr_greedy(
             block_size = 1  # no committed centre yet: every bound is +inf until a pass
     committed = bounds.committed
     committed[picks] = 0.0
-    final = np.sqrt(committed)[None, :]
-    if budget == 0 and not labelled.any():
-        coverage, radius = np.full(1, np.inf), np.full(1, np.inf)
-    else:
-        coverage = final.mean(axis=1, dtype=np.float64)
-        radius = final.max(axis=1).astype(np.float64)
     counters["refreshed_rows"] = bounds.refreshed_rows
-    result = XssrGreedyResult(
-        alphas=np.array([alpha], dtype=np.float64),
-        indices=picks[None, :],
-        pick_scores=pick_scores[None, :],
-        pick_diversity=pick_diversity[None, :],
-        pick_diversity_hat=pick_diversity_hat[None, :],
-        min_distances=final,
-        coverage_cost=coverage,
-        covering_radius=radius,
+    result = xssr_result(
+        np.array([alpha], dtype=np.float64),
+        picks[None, :],
+        pick_scores[None, :],
+        pick_diversity[None, :],
+        pick_diversity_hat[None, :],
+        np.sqrt(committed)[None, :],
+        has_centre=budget > 0 or bool(labelled.any()),
     )
     return result, counters
 
